@@ -1,0 +1,90 @@
+# Build, run and test the model repack image. `make help` lists the targets.
+
+PYTHON ?= python3
+VENV ?= .venv
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE := $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
+IMAGE ?= sagemaker-model-repack:$(VERSION)
+
+# The Dockerfile's default base is used when Docker has it locally. Otherwise
+# the local Debian 13 base from .ci/build-base-image.sh is used, and built if
+# missing. Pass BASE_IMAGE=... to choose another one; docker build then pulls
+# it if needed.
+DEFAULT_BASE_IMAGE := $(shell sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
+LOCAL_BASE_IMAGE ?= repack-base:trixie
+ifndef BASE_IMAGE
+BASE_IMAGE := $(shell docker image inspect $(DEFAULT_BASE_IMAGE) >/dev/null 2>&1 \
+	&& echo $(DEFAULT_BASE_IMAGE) || echo $(LOCAL_BASE_IMAGE))
+endif
+
+# `make run` writes the repacked example here.
+RUN_OUTPUT ?= $(CURDIR)/out
+EXAMPLE := $(CURDIR)/tests/example
+
+.DEFAULT_GOAL := help
+.PHONY: help venv base-image build run test bench example clean
+
+help: ## List the targets
+	@echo "Usage: make <target> [IMAGE=...] [BASE_IMAGE=...] [PYTHON=...]"
+	@echo
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@echo
+	@echo "IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE)"
+
+venv: $(VENV)/.installed ## Create .venv with the test dependencies pinned in pyproject.toml
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["test"]))' > $(VENV)/requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
+	touch $@
+
+base-image: ## Make sure the base image exists, building the local Debian 13 one if needed
+	@if docker image inspect $(BASE_IMAGE) >/dev/null 2>&1; then \
+		echo "Base image: $(BASE_IMAGE)"; \
+	elif [ "$(BASE_IMAGE)" = "$(LOCAL_BASE_IMAGE)" ]; then \
+		.ci/build-base-image.sh $(LOCAL_BASE_IMAGE); \
+	else \
+		echo "Base image $(BASE_IMAGE) is not local; docker build will pull it"; \
+	fi
+
+build: base-image ## Build the image (IMAGE)
+	docker build --platform linux/amd64 \
+		--build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--build-arg VERSION=$(VERSION) \
+		--build-arg REVISION=$(REVISION) \
+		--build-arg SOURCE=$(SOURCE) \
+		--tag $(IMAGE) .
+	@echo "Image $(IMAGE): $$(docker image inspect --format '{{.Size}}' $(IMAGE)) bytes;" \
+		"base $(BASE_IMAGE): $$(docker image inspect --format '{{.Size}}' $(BASE_IMAGE)) bytes"
+
+run: build ## Repack the example in tests/example and list the output's members
+	rm -rf $(RUN_OUTPUT)
+	mkdir -p $(RUN_OUTPUT)
+	docker run --rm \
+		-v $(EXAMPLE)/models:/opt/ml/code/models:ro \
+		-v $(EXAMPLE)/hyperparams:/opt/ml/code/hyperparams:ro \
+		-v $(RUN_OUTPUT):/opt/ml/processing/output \
+		$(IMAGE)
+	@echo
+	@echo "Output: $(RUN_OUTPUT)/model/model.tar.gz"
+	@tar -tvzf $(RUN_OUTPUT)/model/model.tar.gz
+
+test: venv build ## Run the unit and integration tests against a fresh build of the image
+	REPACK_IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) $(VENV)/bin/pytest
+
+bench: ## Run the benchmarks in bench/
+	$(PYTHON) bench/run.py
+
+example: ## Rebuild tests/example/models/model.tar.gz from tests/example/model-files
+	mkdir -p $(EXAMPLE)/models
+	tar --create --directory $(EXAMPLE)/model-files --sort=name \
+		--owner=0 --group=0 --numeric-owner --mtime=2024-01-01T00:00:00Z \
+		--mode=u+rw,go+r,go-w $$(ls -A $(EXAMPLE)/model-files) \
+		| gzip -9 --no-name > $(EXAMPLE)/models/model.tar.gz
+
+clean: ## Remove .venv, out/ and the image (the base image stays)
+	rm -rf $(VENV) $(RUN_OUTPUT)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	-docker image rm $(IMAGE)
