@@ -33,6 +33,11 @@ class MemberChecker:
 
     def check(self, info: tarfile.TarInfo) -> None:
         """Raise UNSAFE_ARCHIVE when `info` could not be extracted safely."""
+        if info.name.startswith("/"):
+            # The data filter strips a leading '/' and extracts inside the destination,
+            # but other extractors write to the absolute path itself.
+            raise RepackError(ErrorCode.UNSAFE_ARCHIVE, self._explain(
+                info, tarfile.AbsolutePathError(info)))
         try:
             tarfile.data_filter(info, self._destination.name)
         except tarfile.FilterError as exc:

@@ -1,0 +1,84 @@
+"""The search order for the inputs, and the errors when nothing is found."""
+
+from app import main
+from tests import archives
+
+
+def write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def run_in(tmp_path, capsys):
+    code = main(["--code-dir", str(tmp_path / "code"),
+                 "--processing-dir", str(tmp_path / "processing"),
+                 "--failure-message", str(tmp_path / "message")])
+    return code, capsys.readouterr().err
+
+
+def model_with(tag: bytes) -> bytes:
+    return archives.gzip_bytes(archives.tar_bytes([archives.file("tag.txt", tag)]))
+
+
+def output_tag(tmp_path) -> bytes:
+    import tarfile
+    with tarfile.open(tmp_path / "processing/output/model/model.tar.gz") as archive:
+        return archive.extractfile("tag.txt").read()
+
+
+def test_search_prefers_models_folder_then_code_root_then_processing_input(tmp_path, capsys):
+    locations = ["code/models/model.tar.gz", "code/model.tar.gz",
+                 "processing/input/model/model.tar.gz"]
+    write(tmp_path / "code/hyperparameters.json", b"{}")
+    for location in reversed(locations):
+        write(tmp_path / location, model_with(location.encode()))
+
+        code, log = run_in(tmp_path, capsys)
+
+        assert code == 0, log
+        assert output_tag(tmp_path) == location.encode()
+        assert f"Found model: {tmp_path / location}" in log
+
+
+def test_search_prefers_hyperparams_folder_then_code_root_then_processing_config(tmp_path,
+                                                                                  capsys):
+    import tarfile
+    locations = ["code/hyperparams/hyperparameters.json", "code/hyperparameters.json",
+                 "processing/input/config/hyperparameters.json"]
+    write(tmp_path / "code/model.tar.gz", model_with(b"m"))
+    for location in reversed(locations):
+        write(tmp_path / location, b'{"from": "%s"}' % location.encode())
+
+        code, log = run_in(tmp_path, capsys)
+
+        assert code == 0, log
+        with tarfile.open(tmp_path / "processing/output/model/model.tar.gz") as archive:
+            assert location.encode() in archive.extractfile("hyperparameters.json").read()
+
+
+def test_missing_model_lists_every_location(tmp_path, capsys):
+    write(tmp_path / "code/hyperparameters.json", b"{}")
+
+    code, log = run_in(tmp_path, capsys)
+
+    message = (tmp_path / "message").read_text()
+    assert code == 1
+    assert message.startswith("MODEL_NOT_FOUND: ")
+    for location in ["code/models/model.tar.gz", "code/model.tar.gz",
+                     "processing/input/model/model.tar.gz"]:
+        assert str(tmp_path / location) in message
+    assert not (tmp_path / "processing/output/model").exists()
+
+
+def test_missing_hyperparameters_lists_every_location(tmp_path, capsys):
+    write(tmp_path / "code/model.tar.gz", model_with(b"m"))
+
+    code, log = run_in(tmp_path, capsys)
+
+    message = (tmp_path / "message").read_text()
+    assert code == 1
+    assert message.startswith("HYPERPARAMETERS_NOT_FOUND: ")
+    for location in ["code/hyperparams/hyperparameters.json", "code/hyperparameters.json",
+                     "processing/input/config/hyperparameters.json"]:
+        assert str(tmp_path / location) in message
