@@ -1,4 +1,4 @@
-"""Parallel deflate: one raw deflate stream compressed chunk by chunk in a thread pool.
+"""Compress one raw deflate stream chunk by chunk in a thread pool.
 
 Each chunk is deflated on its own, primed with the 32 KiB of uncompressed data before it as a
 preset dictionary, so matches still reach across chunk boundaries. Every chunk but the last
@@ -19,13 +19,14 @@ import pathlib
 import struct
 import zlib
 
+# The deflate window is the longest match distance, so a zdict longer than this has no use.
 WINDOW_SIZE = 32 * 1024
-"""Size of the deflate window: the longest match distance, and the maximum useful zdict."""
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 
+# Maximum number of chunks submitted but not yet written, per thread. Two keep every worker
+# busy while the main thread writes, and memory stays bounded by chunk size times threads.
 CHUNKS_IN_FLIGHT_PER_THREAD = 2
-"""Chunks submitted but not yet written, per thread. Bounds memory and keeps every worker busy."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_METHOD_DEFLATE = 8
@@ -39,6 +40,7 @@ class ParallelDeflate:
 
     `write` receives the compressed bytes in order, always in the thread that calls
     `write()` or `finish()`, so its exceptions (a full disk, say) reach that caller.
+    It must consume every byte it gets, as the `write` of a buffered file does.
     The caller must call `finish()` to get the final block and the CRC. Leaving a `with`
     block without `finish()` aborts and discards the data not yet written.
     """
@@ -54,7 +56,7 @@ class ParallelDeflate:
         crc=0,
         length=0,
     ):
-        """Set up the compressor; `threads=None` uses `available_cpus()` threads.
+        """Start the compressor with `threads` workers, or `available_cpus()` when it is None.
 
         `zdict` is the uncompressed data just before this stream (only its last 32 KiB
         are used), for continuing a deflate stream whose earlier part already exists.
@@ -132,7 +134,7 @@ class ParallelDeflate:
         return self._crc, self._length
 
     def abort(self):
-        """Stop the workers and write nothing more; calling it again does nothing."""
+        """Stop the workers and write nothing more. A second call does nothing."""
         for future in self._in_flight:
             future.cancel()
         self._in_flight.clear()
@@ -200,7 +202,8 @@ def _next_window(window, chunk):
 def gzip_header(level, mtime=0):
     """Return a 10-byte gzip member header with no file name and OS 255 (unknown).
 
-    XFL follows RFC 1952: 2 for level 9 (slowest), 4 for level 1 (fastest), 0 otherwise.
+    XFL is 2 for level 9 (slowest) and 4 for level 1 (fastest), as RFC 1952 defines them and
+    Python's gzip module sets them, and 0 for other levels.
     """
     if level == 9:
         extra_flags = _GZIP_XFL_SLOWEST
