@@ -4,7 +4,9 @@ import collections
 import hashlib
 import logging
 import os
+import queue
 import tempfile
+import threading
 from pathlib import Path
 
 from app.errors import ErrorCode, RepackError
@@ -16,6 +18,8 @@ OUTPUT_NAME = "model.tar.gz"
 # output (when the fast path splices) does not mean hashing it again.
 HASH_SNAPSHOT_INTERVAL = 1 << 20
 HASH_SNAPSHOTS_KEPT = 16
+# Chunks queued for the background writer; with 1 MiB reads this bounds the memory to ~8 MiB.
+WRITE_BEHIND_QUEUE = 8
 
 
 class OutputFile:
@@ -38,12 +42,53 @@ class OutputFile:
         self._size = 0
         self._hash_snapshots: collections.deque = collections.deque([(0, self._sha256.copy())],
                                                                     maxlen=HASH_SNAPSHOTS_KEPT)
+        self._queue: queue.Queue | None = None
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
 
     @property
     def size(self) -> int:
+        self._drain()
         return self._size
 
+    def write_behind(self, data: bytes) -> None:
+        """Queue `data` for a background thread to hash and write.
+
+        The fast path copies the input this way, so hashing and writing overlap
+        the decompression. Every other method waits for the queue to drain first.
+        """
+        if self._writer is None:
+            self._queue = queue.Queue(WRITE_BEHIND_QUEUE)
+            self._writer = threading.Thread(target=self._write_queued, name="write-behind",
+                                            daemon=True)
+            self._writer.start()
+        if self._writer_error is not None:
+            self._drain()
+        self._queue.put(data)
+
+    def _write_queued(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._writer_error is None:
+                try:
+                    self._write_now(data)
+                except BaseException as exc:
+                    self._writer_error = exc
+
+    def _drain(self) -> None:
+        """Wait until the queued data is written; raise the background writer's error."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        if self._writer_error is not None:
+            error, self._writer_error = self._writer_error, None
+            raise error
+
     def write(self, data: bytes | memoryview) -> None:
+        self._drain()
+        self._write_now(data)
+
+    def _write_now(self, data: bytes | memoryview) -> None:
         try:
             self._file.write(data)
         except OSError as exc:
@@ -55,11 +100,13 @@ class OutputFile:
 
     def read_back(self, offset: int, size: int) -> bytes:
         """Return `size` bytes of what was written, from `offset`."""
+        self._drain()
         self._flush()
         return os.pread(self._file.fileno(), size, offset)
 
     def truncate(self, size: int) -> None:
         """Cut the output back to its first `size` bytes, keeping the hash consistent."""
+        self._drain()
         while self._hash_snapshots[-1][0] > size:
             self._hash_snapshots.pop()
         start, snapshot = self._hash_snapshots[-1]
@@ -73,23 +120,32 @@ class OutputFile:
         self._size = size
 
     def sha256(self) -> str:
+        self._drain()
         return self._sha256.hexdigest()
 
     def publish(self) -> Path:
-        """Make the output durable and rename it to model.tar.gz, replacing an older one."""
+        """Rename the output to model.tar.gz, replacing an older one in one step.
+
+        The data is not fsynced: SageMaker uploads the output after the container
+        exits, and a machine that crashes before then fails the job anyway, so a
+        flush to disk would only add seconds per GiB.
+        """
+        self._drain()
         try:
             self._flush()
-            os.fsync(self._file.fileno())
             self._file.close()
             os.chmod(self.path, 0o644)
             os.replace(self.path, self.destination)
-            _fsync_folder(self.destination.parent)
         except OSError as exc:
             raise _output_failed(self.destination, exc) from exc
         return self.destination
 
     def discard(self) -> None:
         """Remove the temporary file; safe to call more than once."""
+        try:
+            self._drain()
+        except (OSError, RepackError):
+            pass
         try:
             self._file.close()
         except OSError:
@@ -106,14 +162,6 @@ class OutputFile:
             self._file.flush()
         except OSError as exc:
             raise _output_failed(self.destination, exc) from exc
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _output_failed(path: Path, exc: OSError) -> RepackError:

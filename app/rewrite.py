@@ -132,7 +132,7 @@ class _Rewriter:
     def _on_read(self, progress: Progress):
         def on_read(data: bytes) -> None:
             if self.fast and self.deflate is None:
-                self.output.write(data)
+                self.output.write_behind(data)
             progress.update(len(data))
         return on_read
 

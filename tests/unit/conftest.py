@@ -1,4 +1,5 @@
 import dataclasses
+import os
 import tarfile
 from pathlib import Path
 
@@ -48,6 +49,8 @@ class Job:
         if model is not None:
             self.model.write_bytes(model)
         self.hyperparameters.write_bytes(hyperparameters)
+        # The new member's mtime comes from this file; fixed, so reruns are comparable.
+        os.utime(self.hyperparameters, (1_700_000_000, 1_700_000_000))
         self.capsys.readouterr()
         code = main(["--model", str(self.model), "--hyperparameters", str(self.hyperparameters),
                      "--output-dir", str(self.output_dir),
