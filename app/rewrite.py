@@ -28,7 +28,7 @@ from app.errors import ErrorCode, RepackError
 from app.formats import SNIFF_SIZE, Compression, detect
 from app.progress import Progress, format_size
 from app.publish import OutputFile
-from app.safety import MemberChecker, normalize
+from app.safety import LayoutReport, MemberChecker, normalize
 from app.tarstream import ByteStream, Entry, TarReader, forward_data, printable
 
 log = logging.getLogger(__name__)
@@ -139,9 +139,11 @@ class _Rewriter:
     def _copy_members(self, checker: MemberChecker) -> int:
         stream = ByteStream(self.decoder.chunks())
         reader = TarReader(stream, self.model)
+        layout = LayoutReport(self.model.name)
         kept = 0
         for entry in reader.members():
             checker.check(entry.info)
+            layout.add(entry.info)
             _log_member(entry, kept)
             if _is_root_hyperparameters(entry):
                 log.info("Replacing the archive's own %s (member %s at tar offset %d)",
@@ -162,6 +164,7 @@ class _Rewriter:
         reader.check_trailing_zeros()
         if kept > MEMBERS_LISTED:
             log.info("... and %d more members", kept - MEMBERS_LISTED)
+        layout.log_warnings()
         return kept
 
     def _write_tar(self, data: bytes | memoryview) -> None:

@@ -71,3 +71,63 @@ def normalize(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
     return name.strip("/")
+
+
+class LayoutReport:
+    """Collects members that extract fine but probably not as the user meant; logs warnings."""
+
+    NESTED_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
+
+    def __init__(self, archive_name: str) -> None:
+        self.archive_name = archive_name
+        self._top_levels: set[str] = set()
+        self._files: list[str] = []
+        self._macos: list[str] = []
+        self._owner_only: list[str] = []
+        self._set_id: list[str] = []
+        self._backslashes: list[str] = []
+
+    def add(self, info: tarfile.TarInfo) -> None:
+        name = normalize(info.name)
+        if not name:
+            return
+        parts = name.split("/")
+        self._top_levels.add(parts[0] if len(parts) > 1 or info.isdir() else "")
+        if info.isreg():
+            self._files.append(name)
+            if not info.mode & 0o044:
+                self._owner_only.append(name)
+        if parts[-1].startswith("._") or parts[0] == "__MACOSX":
+            self._macos.append(name)
+        if info.mode & 0o6000 and not info.isdir():
+            self._set_id.append(name)
+        if "\\" in name:
+            self._backslashes.append(name)
+
+    def log_warnings(self) -> None:
+        if len(self._top_levels) == 1 and "" not in self._top_levels and self._files:
+            (folder,) = self._top_levels
+            log.warning("Every member of %s is under the folder %s/, but SageMaker expects the "
+                        "model files at the archive root; create it with "
+                        "`tar czf model.tar.gz -C %s .`", self.archive_name, printable(folder),
+                        printable(folder))
+        files = [name for name in self._files if name != "hyperparameters.json"]
+        if len(files) == 1 and files[0].lower().endswith(self.NESTED_ARCHIVE_SUFFIXES):
+            log.warning("%s holds a single file, %s, which is itself an archive; SageMaker "
+                        "extracts only the outer one, so archive the model's files directly",
+                        self.archive_name, printable(files[0]))
+        self._warn_names(self._macos, "macOS metadata (._* files or __MACOSX/)",
+                         "create the archive with COPYFILE_DISABLE=1, or delete them")
+        self._warn_names(self._owner_only, "readable only by their owner",
+                         "a serving container running as another user cannot read them; "
+                         "run `chmod -R a+rX` before archiving")
+        self._warn_names(self._set_id, "setuid or setgid",
+                         "model files need no such bits; clear them with `chmod ug-s`")
+        self._warn_names(self._backslashes, "named with backslashes",
+                         "on Linux a backslash is part of the name, not a folder separator; "
+                         "create the archive on Linux or macOS, or with forward slashes")
+
+    def _warn_names(self, names: list[str], problem: str, advice: str) -> None:
+        if names:
+            log.warning("%d member(s) of %s are %s, first %s: %s", len(names),
+                        self.archive_name, problem, printable(names[0]), advice)

@@ -201,4 +201,6 @@ def printable(name: str) -> str:
     """Return a member name fit for one log line: undecodable bytes and controls escaped."""
     if name.isprintable():
         return name
-    return ascii(name)[1:-1]
+    # Bytes that were not UTF-8 come back from tarfile as surrogates: show them as \xNN.
+    raw = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in raw)
