@@ -26,8 +26,11 @@ FAILURE_MESSAGE_LIMIT = 1000
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job; return the process exit code."""
-    args = parse_args(argv)
     _configure_logging()
+    try:
+        args = parse_args(argv)
+    except RepackError as exc:
+        return _fail(exc, _failure_message_path(sys.argv[1:] if argv is None else argv))
     _install_signal_handlers()
     try:
         run(args)
@@ -73,8 +76,26 @@ def run(args: argparse.Namespace) -> None:
     log.info("Wrote %s: %d members, sha256 %s", path, result.members, output.sha256())
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """Reports a bad command line as INVALID_ARGUMENT, so it exits 1 like every failure."""
+
+    def error(self, message: str) -> None:
+        self.print_usage(sys.stderr)
+        raise RepackError(ErrorCode.INVALID_ARGUMENT, f"{message}; see --help for the options")
+
+
+def _failure_message_path(argv: list[str]) -> Path:
+    """Find --failure-message in a command line that could not be parsed as a whole."""
+    for index, argument in enumerate(argv):
+        if argument.startswith("--failure-message="):
+            return Path(argument.partition("=")[2])
+        if argument == "--failure-message" and index + 1 < len(argv):
+            return Path(argv[index + 1])
+    return DEFAULT_FAILURE_MESSAGE
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="entrypoint.py",
         description="Add hyperparameters.json to the root of a pretrained model.tar.gz, "
                     "for SageMaker's packaging steps. Exit status: 0 on success, 1 on failure.",

@@ -6,6 +6,7 @@ import enum
 class ErrorCode(enum.Enum):
     """Why the job failed; the name starts the ERROR line and the failure message."""
 
+    INVALID_ARGUMENT = enum.auto()
     MODEL_NOT_FOUND = enum.auto()
     HYPERPARAMETERS_NOT_FOUND = enum.auto()
     INVALID_FORMAT = enum.auto()

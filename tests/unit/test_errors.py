@@ -142,3 +142,21 @@ def test_failure_message_write_error_does_not_hide_the_error(job, tmp_path):
     assert outcome.exit_code == 1
     assert "ERROR INVALID_FORMAT: " in outcome.log
     assert "Could not write the failure message" in outcome.log
+
+
+@pytest.mark.parametrize("arguments, fragment", [
+    (["--compression-level", "12"], "not a compression level from 1 to 9"),
+    (["--threads", "0"], "must be 1 or more"),
+    (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+])
+def test_bad_command_line_is_invalid_argument(tmp_path, capsys, arguments, fragment):
+    from app import main
+
+    message = tmp_path / "message"
+    code = main([*arguments, "--failure-message", str(message)])
+
+    log = capsys.readouterr().err
+    assert code == 1
+    assert f"ERROR INVALID_ARGUMENT: " in log
+    assert message.read_text().startswith("INVALID_ARGUMENT: ")
+    assert fragment in message.read_text()
