@@ -7,10 +7,10 @@ LEN/NLEN. zlib then raw-inflates from each remaining position, and the position 
 as a block boundary only if the output equals the known uncompressed data up to the
 end and the stream ends where the real one does.
 
-zlib reads input in whole bytes, so a position that is not on a byte boundary is made
-readable by putting in front of it an empty deflate block whose length in bits has the
-same remainder modulo 8 as the position. The candidate's bits are then fed unshifted,
-byte by byte, exactly as the real decoder saw them.
+zlib reads input in whole bytes. To start decoding at a position inside a byte, an
+empty deflate block is put in front of it, with a length in bits whose remainder
+modulo 8 is the position's bit phase. The candidate's bits are then fed unshifted,
+exactly as the real decoder saw them.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ class BlockBoundary:
 def close_with_empty_stored_block(compressed, bit: int) -> bytes:
     """Return the bytes to write after compressed[:bit // 8] to end the kept bits.
 
-    The first returned byte holds the kept bits of the partial byte (bits from
-    bit % 8 upwards are cleared), followed by the 3 header bits of an empty non-final
-    stored block, its padding to the byte and its LEN/NLEN bytes 00 00 FF FF. The
+    The first returned byte contains the kept bits of the partial byte, with the bits
+    from bit % 8 upwards cleared. The 3 header bits of an empty non-final stored block
+    follow, then its padding to the byte and its LEN/NLEN bytes 00 00 FF FF. The
     result ends on a byte boundary with the decoder expecting a new block, so a new
     raw deflate stream can follow directly.
     """
@@ -215,15 +215,20 @@ class _Search:
         """Search backwards from the end for a proven boundary at or before limit, then walk forward.
 
         A candidate that decodes the known data to the end is proven only if its
-        header is dynamic or stored. Inside a fixed Huffman block, a position whose
-        next 3 bits read as a fixed block header and that is followed by a symbol
-        boundary decodes exactly the same symbols as the real block, so it passes
+        header is dynamic or stored. Take a position inside a fixed Huffman block
+        whose next 3 bits read as a fixed block header and end on a symbol boundary.
+        It decodes exactly the same symbols as the real block, so it passes
         verification without being a boundary. Such a candidate only serves as a
         starting point: the block ends found by walking forward from it are real.
 
         Once a boundary above limit is proven, the search skips ahead to where limit
-        probably lies. Skipping never loses a boundary, because the walk forward from
-        the first boundary found at or before limit visits every later block.
+        probably lies. The walk forward from the first boundary found at or before
+        limit still visits every block skipped over, unless no such boundary lies
+        between the start of the search and the skip target.
+
+        NOTE: a fixed Huffman block that follows a dynamic or stored block is found
+        only by walking from that earlier block, so it is missed when the earlier
+        block starts before the slice. The result is then an earlier boundary or None.
         """
         end_bit = 8 * len(self.compressed)
         hi_byte = len(self.compressed)
@@ -277,9 +282,9 @@ class _Search:
         """Return (bit, alternative, proven) for positions in bytes [lo_byte, hi_byte), highest first.
 
         alternative is the BFINAL=1 reading of a stored header that is listed with its
-        BFINAL=0 reading, or None. proven tells whether a verified candidate of this
-        kind is a real boundary (dynamic and stored headers) or only a starting point
-        (fixed Huffman headers).
+        BFINAL=0 reading, or None. proven is True when a verified candidate of this
+        kind is a real boundary (dynamic and stored headers), and False when it is
+        only a starting point (fixed Huffman headers).
         """
         base_byte = max(0, lo_byte - 1)
         region = bytes(self.compressed[base_byte : hi_byte + 16])
@@ -406,9 +411,10 @@ class _Search:
     def walk_forward(self, anchor: BlockBoundary) -> BlockBoundary:
         """Follow blocks from `anchor` while they start at or before limit; return the last one.
 
-        The backward search cannot test every position as a fixed Huffman block (a
-        quarter of all positions would need zlib), so blocks after the anchor are
-        found by decoding: forcing BFINAL on makes zlib stop at the end of the block.
+        The backward search cannot test every position as a fixed Huffman block,
+        because a quarter of all positions would need zlib. Blocks after the anchor
+        are found by decoding instead: forcing BFINAL on makes zlib stop at the end
+        of the block.
         """
         current = anchor
         while True:
@@ -468,7 +474,7 @@ def _stored_candidates(compressed: memoryview, lo_byte: int, hi_byte: int):
         header_bits = int.from_bytes(compressed[length_byte - 2 : length_byte], "little")
         if length_byte < 2:
             header_bits = int.from_bytes(compressed[:length_byte], "little") << (8 * (2 - length_byte))
-        # header_bits holds the 16 bits before LEN; bit 15 is the bit just before it.
+        # header_bits contains the 16 bits before LEN, and bit 15 is the one just before it.
         if header_bits >> 14 & 0b11:
             continue  # BTYPE or padding bits are set
         final_reading = None
@@ -510,9 +516,9 @@ def _fixed_after_fixed_mask(value: int, base_bit: int) -> int:
 def _dynamic_header_mask(value: int, available: int) -> int:
     """Mark positions where a dynamic block header could start, one bit per position.
 
-    The checks run on all positions at once, one bit lane each: BTYPE 10, HLIT and
-    HDIST at most 29, and code-length code lengths whose Kraft sum is exactly 2**7 over
-    the first HCLEN + 4 entries, as zlib requires a complete code. Positions whose
+    The checks run on all positions at once, one bit lane each. They are BTYPE 10,
+    HLIT and HDIST at most 29, and code-length code lengths whose Kraft sum over the
+    first HCLEN + 4 entries is exactly 2**7, because zlib requires a complete code. Positions whose
     header would run past the end of the data (`available` bits) are kept when their
     block type matches.
     """
@@ -522,7 +528,7 @@ def _dynamic_header_mask(value: int, available: int) -> int:
 
     hclen_bits = [value >> (13 + index) for index in range(4)]
     hclen_inverse = [~bits for bits in hclen_bits]
-    # planes[p] holds bit p of the running Kraft sum, in units of 2**-7.
+    # planes[p] is bit p of the running Kraft sum, in units of 2**-7.
     planes = [0] * 8
     overflow = 0
     complete = 0

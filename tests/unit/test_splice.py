@@ -1,7 +1,7 @@
 """Tests for finding deflate block boundaries and splicing a new deflate stream after one.
 
 The streams are built with zlib, and a small pure-Python inflater lists their true
-block boundaries, so every test knows the exact answer before it asks for it.
+block boundaries, so every test has the expected boundary before it calls the search.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ _FIXED_TABLES = (
 
 
 def _list_blocks(stream: bytes, window: bytes = b"") -> tuple[bytes, list[BlockBoundary]]:
-    """Inflate a raw deflate stream; return its output and the start of every block."""
+    """Inflate a raw deflate stream and return its output and the start of every block."""
     reader = _BitReader(stream)
     output = bytearray(window)
     blocks = []
@@ -223,7 +223,7 @@ def test_close_with_empty_stored_block_keeps_low_bits(phase):
 
 
 @pytest.mark.parametrize("strategy_name", ["dynamic", "fixed"])
-def test_find_block_boundary_covers_all_eight_bit_phases(strategy_name):
+def test_boundary_at_all_eight_bit_phases(strategy_name):
     strategy = zlib.Z_FIXED if strategy_name == "fixed" else zlib.Z_DEFAULT_STRATEGY
     data = _text(120_000, seed=1)
     # A fixed Huffman block is found by walking from the block before it, and that
@@ -248,7 +248,7 @@ def test_find_block_boundary_covers_all_eight_bit_phases(strategy_name):
     assert phases_seen == set(range(8))
 
 
-def test_find_block_boundary_finds_stored_blocks():
+def test_boundary_of_stored_blocks():
     data = _weights(200_000, seed=2)
     stream = _compress_in_blocks(data, [70_000, 130_000], level=0)
     output, blocks = _list_blocks(stream)
@@ -263,7 +263,7 @@ def test_find_block_boundary_finds_stored_blocks():
     _assert_splice_round_trips(stream, data, found)
 
 
-def test_find_block_boundary_finds_empty_stored_block_of_sync_flush():
+def test_boundary_at_sync_flush():
     data = _weights(160_000, seed=3)
     stream = _compress_in_blocks(data, [100_000], flush=zlib.Z_SYNC_FLUSH)
     _, blocks = _list_blocks(stream)
@@ -276,7 +276,7 @@ def test_find_block_boundary_finds_empty_stored_block_of_sync_flush():
     _assert_splice_round_trips(stream, data, found)
 
 
-def test_find_block_boundary_finds_dynamic_blocks_in_weights():
+def test_boundary_of_dynamic_blocks_in_weights():
     data = _weights(300_000, seed=4)
     stream = _compress_in_blocks(data, [], level=9)
     _, blocks = _list_blocks(stream)
@@ -289,7 +289,7 @@ def test_find_block_boundary_finds_dynamic_blocks_in_weights():
     _assert_splice_round_trips(stream, data, found)
 
 
-def test_find_block_boundary_uses_short_window_at_stream_start():
+def test_boundary_near_stream_start():
     data = _text(60_000, seed=5)
     stream = _compress_in_blocks(data, [10_000, 20_000])
     _, blocks = _list_blocks(stream)
@@ -303,7 +303,7 @@ def test_find_block_boundary_uses_short_window_at_stream_start():
     _assert_splice_round_trips(stream, data, found)
 
 
-def test_find_block_boundary_rejects_short_window_without_stream_start():
+def test_boundary_needs_full_window():
     data = _text(60_000, seed=5)
     stream = _compress_in_blocks(data, [10_000, 20_000])
 
@@ -312,7 +312,7 @@ def test_find_block_boundary_rejects_short_window_without_stream_start():
     assert found is None
 
 
-def test_find_block_boundary_finds_first_block_of_stream():
+def test_boundary_at_first_block():
     data = _text(30_000, seed=6)
     stream = _compress_in_blocks(data, [], strategy=zlib.Z_FIXED)
 
@@ -321,7 +321,7 @@ def test_find_block_boundary_finds_first_block_of_stream():
     assert found == BlockBoundary(0, 0)
 
 
-def test_find_block_boundary_works_on_a_slice_that_stops_mid_stream():
+def test_boundary_in_mid_stream_slice():
     data = _text(200_000, seed=7)
     stream = _compress_in_blocks(data, [60_000, 90_000, 120_000, 150_000])
     _, blocks = _list_blocks(stream)
@@ -340,7 +340,7 @@ def test_find_block_boundary_works_on_a_slice_that_stops_mid_stream():
     _assert_splice_round_trips(stream, data, expected)
 
 
-def test_find_block_boundary_returns_none_before_first_boundary():
+def test_boundary_none_before_first_block():
     data = _text(200_000, seed=8)
     stream = _compress_in_blocks(data, [120_000])
     _, blocks = _list_blocks(stream)
@@ -367,7 +367,7 @@ def _decodes_tail_from(stream: bytes, byte: int, data: bytes) -> bool:
     return output == data[plain:] and decompressor.eof and not decompressor.unused_data
 
 
-def test_find_block_boundary_rejects_position_that_only_decodes_like_one():
+def test_boundary_rejects_resynced_fixed_position():
     data = _text(120_000, seed=9)
     stream = _compress_in_blocks(data, [80_000], strategy=zlib.Z_FIXED)
     _, blocks = _list_blocks(stream)
