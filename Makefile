@@ -18,12 +18,28 @@ BASE_IMAGE := $(shell docker image inspect $(DEFAULT_BASE_IMAGE) >/dev/null 2>&1
 	&& echo $(DEFAULT_BASE_IMAGE) || echo $(LOCAL_BASE_IMAGE))
 endif
 
+# `make push` pushes IMAGE as $(REGISTRY)/$(REPOSITORY):$(TAG). REGISTRY is a
+# registry host, optionally followed by a path. TAG defaults to the git commit;
+# when HEAD carries a release tag vX.Y.Z, the image is pushed as X.Y.Z too.
+# For an Amazon ECR host, push logs in with the AWS CLI first; LOGIN= (empty)
+# skips that, for example when docker is logged in already.
+REGISTRY ?=
+REPOSITORY ?= sagemaker-model-repack
+TAG ?= $(REVISION)
+LOGIN ?= ecr
+REGISTRY_HOST = $(firstword $(subst /, ,$(REGISTRY)))
+# An ECR host is <account>.dkr.ecr.<region>.amazonaws.com.
+ECR_REGION = $(word 4,$(subst ., ,$(REGISTRY_HOST)))
+RELEASE_VERSION = $(patsubst v%,%,$(shell git tag --points-at HEAD 2>/dev/null \
+	| grep -E '^v[0-9]+\.[0-9]+\.[0-9]+$$' | head -n 1))
+PUSH_IMAGE = $(REGISTRY)/$(REPOSITORY)
+
 # `make run` writes the repacked example here.
 RUN_OUTPUT ?= $(CURDIR)/out
 EXAMPLE := $(CURDIR)/tests/example
 
 .DEFAULT_GOAL := help
-.PHONY: help venv base-image build run test bench example clean
+.PHONY: help venv base-image build run test bench example clean push
 
 help: ## List the targets
 	@echo "Usage: make <target> [IMAGE=...] [BASE_IMAGE=...] [PYTHON=...]"
@@ -80,6 +96,47 @@ test: venv ## Run the unit and integration tests against a fresh build of the im
 		echo "No Docker engine answers: skipping the build; the container tests will skip"; \
 	fi
 	REPACK_IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) $(VENV)/bin/pytest
+
+# The classic builder that `make build` uses makes one linux/amd64 image, which
+# docker push sends with a Docker v2 schema 2 manifest and no provenance
+# attestation. SageMaker has rejected OCI manifests and image indexes, so a
+# buildx build for this image needs --provenance=false and --output type=docker.
+push: build ## Push IMAGE to REGISTRY as TAG (default: the git commit), and as X.Y.Z on tag vX.Y.Z
+	@if [ -z "$(REGISTRY)" ]; then \
+		echo "make push: set REGISTRY, for example REGISTRY=123456789012.dkr.ecr.eu-west-1.amazonaws.com" >&2; \
+		exit 1; \
+	fi
+	@if [ "$(TAG)" = unknown ]; then \
+		echo "make push: no git commit to tag the image with; set TAG" >&2; \
+		exit 1; \
+	fi
+	@if [ -n "$(RELEASE_VERSION)" ] && [ "$(RELEASE_VERSION)" != "$(VERSION)" ]; then \
+		echo "make push: HEAD is tagged v$(RELEASE_VERSION) but pyproject.toml has version $(VERSION)" >&2; \
+		exit 1; \
+	fi
+	@if [ -n "$$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then \
+		echo "Warning: the working tree has uncommitted changes, which the image $(TAG) contains"; \
+	fi
+	@case "$(REGISTRY_HOST)" in \
+	*.dkr.ecr.*.amazonaws.com|*.dkr.ecr.*.amazonaws.com.cn) \
+		if [ -z "$(LOGIN)" ]; then \
+			echo "LOGIN is empty: using docker's existing login to $(REGISTRY_HOST)"; \
+		else \
+			echo "Logging in to $(REGISTRY_HOST) with aws ecr get-login-password"; \
+			password=$$(aws ecr get-login-password --region $(ECR_REGION)) || exit 1; \
+			printf '%s' "$$password" | docker login --username AWS --password-stdin $(REGISTRY_HOST) || exit 1; \
+		fi ;; \
+	*) \
+		echo "$(REGISTRY_HOST) is not an Amazon ECR host: using docker's existing login, if any" ;; \
+	esac
+	docker tag $(IMAGE) $(PUSH_IMAGE):$(TAG)
+	docker push $(PUSH_IMAGE):$(TAG)
+	@if [ -n "$(RELEASE_VERSION)" ]; then \
+		echo "docker tag $(IMAGE) $(PUSH_IMAGE):$(RELEASE_VERSION)"; \
+		docker tag $(IMAGE) $(PUSH_IMAGE):$(RELEASE_VERSION) || exit 1; \
+		echo "docker push $(PUSH_IMAGE):$(RELEASE_VERSION)"; \
+		docker push $(PUSH_IMAGE):$(RELEASE_VERSION) || exit 1; \
+	fi
 
 bench: ## Run the benchmarks in bench/
 	$(PYTHON) bench/run.py
