@@ -4,12 +4,11 @@ import collections
 import hashlib
 import logging
 import os
-import queue
 import tempfile
-import threading
 from pathlib import Path
 
 from app.errors import ErrorCode, RepackError
+from app.worker import OrderedWorker
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +17,6 @@ OUTPUT_NAME = "model.tar.gz"
 # output (when the fast path splices) does not mean hashing it again.
 HASH_SNAPSHOT_INTERVAL = 1 << 20
 HASH_SNAPSHOTS_KEPT = 16
-# Chunks queued for the background writer; with 1 MiB reads this bounds the memory to ~8 MiB.
-WRITE_BEHIND_QUEUE = 8
 
 
 class OutputFile:
@@ -42,9 +39,7 @@ class OutputFile:
         self._size = 0
         self._hash_snapshots: collections.deque = collections.deque([(0, self._sha256.copy())],
                                                                     maxlen=HASH_SNAPSHOTS_KEPT)
-        self._queue: queue.Queue | None = None
-        self._writer: threading.Thread | None = None
-        self._writer_error: BaseException | None = None
+        self._writer = OrderedWorker(self._write_now, "write-behind")
 
     @property
     def size(self) -> int:
@@ -57,32 +52,10 @@ class OutputFile:
         The fast path copies the input this way, so hashing and writing overlap
         the decompression. Every other method waits for the queue to drain first.
         """
-        if self._writer is None:
-            self._queue = queue.Queue(WRITE_BEHIND_QUEUE)
-            self._writer = threading.Thread(target=self._write_queued, name="write-behind",
-                                            daemon=True)
-            self._writer.start()
-        if self._writer_error is not None:
-            self._drain()
-        self._queue.put(data)
-
-    def _write_queued(self) -> None:
-        while (data := self._queue.get()) is not None:
-            if self._writer_error is None:
-                try:
-                    self._write_now(data)
-                except BaseException as exc:
-                    self._writer_error = exc
+        self._writer.submit(data)
 
     def _drain(self) -> None:
-        """Wait until the queued data is written; raise the background writer's error."""
-        if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
-            self._writer = None
-        if self._writer_error is not None:
-            error, self._writer_error = self._writer_error, None
-            raise error
+        self._writer.drain()
 
     def write(self, data: bytes | memoryview) -> None:
         self._drain()

@@ -17,19 +17,18 @@ import dataclasses
 import logging
 import os
 import tarfile
-import time
 import zlib
 from pathlib import Path
 
 from app import splice
 from app.decompress import WINDOW_SIZE, GzipDecoder, Snapshot, decoder_for
 from app.deflate import ParallelDeflate, gzip_header, gzip_trailer
-from app.errors import ErrorCode, RepackError
 from app.formats import SNIFF_SIZE, Compression, detect
 from app.progress import Progress, format_size
 from app.publish import OutputFile
 from app.safety import LayoutReport, MemberChecker, normalize
 from app.tarstream import ByteStream, Entry, TarReader, forward_data, printable
+from app.verify import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +101,8 @@ class _Rewriter:
         self.recompress_reason = recompress_reason
         self.fast = recompress_reason is None
         self.deflate: ParallelDeflate | None = None
+        self.verifier: Verifier | None = None
         self.tar_size = 0
-        # Where verification of the output starts: (file offset, decompressor, crc, length).
-        self.verify_from: tuple[int, object, int, int] | None = None
         self.path_taken = ""
 
     def run(self) -> Result:
@@ -126,7 +124,6 @@ class _Rewriter:
                 if self.deflate is not None:
                     self.deflate.abort()
             progress.done()
-        verify_output(self.output, *self.verify_from)
         return Result(members + 1, self.tar_size, self.path_taken)
 
     def _on_read(self, progress: Progress):
@@ -179,11 +176,14 @@ class _Rewriter:
     def _start_recompression(self, reason: str) -> None:
         self.path_taken = f"recompressed the whole archive ({reason})"
         log.info("Recompressing the whole archive because %s", reason)
-        header = gzip_header(self.options.level)
-        self.output.write(header)
-        self.verify_from = (len(header), zlib.decompressobj(-zlib.MAX_WBITS), 0, 0)
-        self.deflate = ParallelDeflate(self.output.write, level=self.options.level,
+        self.output.write(gzip_header(self.options.level))
+        self.verifier = Verifier(zlib.decompressobj(-zlib.MAX_WBITS), 0, 0)
+        self.deflate = ParallelDeflate(self._write_deflated, level=self.options.level,
                                        threads=self.options.threads)
+
+    def _write_deflated(self, data: bytes) -> None:
+        self.output.write(data)
+        self.verifier.feed(data)
 
     def _splice(self, change: int) -> None:
         """Cut the copied compressed bytes back to a block boundary before `change`."""
@@ -191,14 +191,16 @@ class _Rewriter:
         member = decoder.member
         point = find_splice_point(decoder, change)
 
-        self.output.truncate(point.bit // 8)
-        self.output.write(point.closing)
         start = point.start
+        self.output.truncate(point.bit // 8)
+        self.verifier = Verifier(start.decompressor.copy(), start.crc,
+                                 start.plain - member.plain_offset)
+        self.verifier.feed(self.output.read_back(start.offset, point.bit // 8 - start.offset))
+        self._write_deflated(point.closing)
+
         crc = zlib.crc32(decoder.history(start.plain, point.plain), start.crc)
         window = decoder.history(max(point.plain - WINDOW_SIZE, member.plain_offset), point.plain)
-        self.verify_from = (start.offset, start.decompressor.copy(), start.crc,
-                            start.plain - member.plain_offset)
-        self.deflate = ParallelDeflate(self.output.write, level=self.options.level,
+        self.deflate = ParallelDeflate(self._write_deflated, level=self.options.level,
                                        threads=self.options.threads, zdict=window, crc=crc,
                                        length=point.plain - member.plain_offset)
         self.tar_size = point.plain
@@ -215,6 +217,7 @@ class _Rewriter:
         self._write_tar(_end_of_archive(self.tar_size))
         crc, length = self.deflate.finish()
         self.deflate = None
+        self.verifier.check(crc, length, str(self.output.destination))
         self.output.write(gzip_trailer(crc, length))
 
 
@@ -269,34 +272,6 @@ def decoder_bytes(path: Path, offset: int, size: int) -> bytes:
     """Read `size` bytes of the model file from `offset` (served from the page cache)."""
     with open(path, "rb") as file:
         return os.pread(file.fileno(), size, offset)
-
-
-def verify_output(output: OutputFile, offset: int, decompressor, crc: int, length: int) -> None:
-    """Inflate the output from `offset` and check that its gzip trailer matches the data.
-
-    `decompressor`, `crc` and `length` are the state of a decoder that has read
-    the output up to `offset`; the bytes before it are the input's own, already
-    checked while reading.
-    """
-    size = output.size
-    position = offset
-    while not decompressor.eof:
-        piece = output.read_back(position, min(1 << 20, size - position))
-        if not piece:
-            break
-        while piece and not decompressor.eof:
-            data = decompressor.decompress(piece, 1 << 22)
-            crc = zlib.crc32(data, crc)
-            length += len(data)
-            used = len(piece) - len(decompressor.unconsumed_tail)
-            position += used if not decompressor.eof else used - len(decompressor.unused_data)
-            piece = decompressor.unconsumed_tail
-    trailer = output.read_back(position, 8)
-    expected = gzip_trailer(crc, length)
-    if not decompressor.eof or trailer != expected or position + 8 != size:
-        raise RepackError(ErrorCode.INTERNAL_ERROR,
-                          f"the output {output.destination} failed verification at byte "
-                          f"{position}; nothing was published")
 
 
 def _is_root_hyperparameters(entry: Entry) -> bool:

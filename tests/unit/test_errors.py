@@ -157,6 +157,6 @@ def test_bad_command_line_is_invalid_argument(tmp_path, capsys, arguments, fragm
 
     log = capsys.readouterr().err
     assert code == 1
-    assert f"ERROR INVALID_ARGUMENT: " in log
+    assert "ERROR INVALID_ARGUMENT: " in log
     assert message.read_text().startswith("INVALID_ARGUMENT: ")
     assert fragment in message.read_text()

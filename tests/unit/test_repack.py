@@ -5,7 +5,7 @@ import tarfile
 import pytest
 
 from tests import archives
-from tests.archives import file, folder, hardlink, symlink
+from tests.archives import file, folder, symlink
 from tests.unit.conftest import assert_repacked
 
 HYPERPARAMETERS = b'{"epochs": "3", "learning_rate": "0.001"}\n'

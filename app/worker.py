@@ -1,0 +1,53 @@
+"""A background thread that runs submitted calls in order, for work that can overlap the main loop."""
+
+import queue
+import threading
+from collections.abc import Callable
+
+# Calls waiting for the thread; with 1 MiB chunks this bounds the memory to a few MiB.
+QUEUE_SIZE = 8
+
+
+class OrderedWorker:
+    """Runs `function(item)` for each submitted item, in order, on one daemon thread.
+
+    An exception in the thread is kept and raised by the next `submit` or by
+    `drain`; items submitted after it are dropped, since the run has failed.
+    """
+
+    def __init__(self, function: Callable[[object], None], name: str) -> None:
+        self._function = function
+        self._name = name
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, item: object) -> None:
+        if self._thread is None:
+            self._queue = queue.Queue(QUEUE_SIZE)
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        if self._error is not None:
+            self.drain()
+        self._queue.put(item)
+
+    def drain(self) -> None:
+        """Wait until every submitted item is done; raise the thread's error if it had one."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _STOP:
+            if self._error is None:
+                try:
+                    self._function(item)
+                except BaseException as exc:
+                    self._error = exc
+
+
+_STOP = object()
