@@ -250,8 +250,12 @@ def find_splice_point(decoder: GzipDecoder, change: int) -> SplicePoint:
         if start.plain > change:
             continue
         history_start = _window_before(start, member)
+        try:
+            history = decoder.history(history_start, max(anchor.plain, change))
+        except LookupError:
+            break
+        history = history[:anchor.plain - history_start]
         compressed = decoder_bytes(decoder.path, start.offset, anchor.offset - start.offset)
-        history = decoder.history(history_start, anchor.plain)
         boundary = splice.find_block_boundary(
             compressed, history, change - history_start,
             history_at_stream_start=history_start == member.plain_offset,

@@ -149,3 +149,17 @@ def test_fast_path_splices_at_every_bit_phase(job, kind, phases):
         if phases_seen == phases:
             break
     assert phases_seen == phases
+
+
+def test_fast_path_falls_back_to_recompression_without_boundary(job, monkeypatch):
+    monkeypatch.setattr(splice, "find_block_boundary", lambda *args, **kwargs: None)
+    tar = archives.tar_bytes(big_members())
+    model = gzip.compress(tar, mtime=0)
+
+    outcome = job.run(model, HYPERPARAMETERS)
+
+    assert outcome.exit_code == 0, outcome.log
+    assert_repacked(tar, outcome.output, HYPERPARAMETERS)
+    assert "WARNING Fast path not possible: no deflate block boundary found" in outcome.log
+    assert "Recompressing the whole archive because no deflate block boundary" in outcome.log
+    assert outcome.leftovers() == []
