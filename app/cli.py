@@ -190,7 +190,7 @@ def _fail(error: RepackError, failure_message: Path) -> int:
 
 
 def _write_failure_message(path: Path, text: str) -> None:
-    """Write the one-line failure message; a failure here is logged, never raised."""
+    """Write the one-line failure message; an OSError here is logged, not raised."""
     line = " ".join(text.split())
     encoded = line.encode("utf-8")[:FAILURE_MESSAGE_LIMIT].decode("utf-8", errors="ignore")
     try:

@@ -66,7 +66,7 @@ class NewMember:
 
 @dataclasses.dataclass
 class Result:
-    """What the rewrite produced, for the summary log lines."""
+    """Counts and the path taken, for the summary log lines."""
 
     members: int
     tar_size: int
@@ -223,7 +223,7 @@ class _Rewriter:
 
 @dataclasses.dataclass(frozen=True)
 class SplicePoint:
-    """Where the fast path cuts the input's deflate stream."""
+    """The point at which the fast path cuts the input's deflate stream."""
 
     start: Snapshot     # the decoder state the search region began at
     bit: int            # absolute bit offset in the file of the block boundary
@@ -283,11 +283,16 @@ def _is_root_hyperparameters(entry: Entry) -> bool:
 
 
 def _log_member(entry: Entry, index: int) -> None:
-    if index < MEMBERS_LISTED:
-        info = entry.info
-        kind = "folder" if info.isdir() else "link" if info.issym() or info.islnk() else \
-            format_size(info.size)
-        log.info("Member %s (%s)", printable(info.name), kind)
+    if index >= MEMBERS_LISTED:
+        return
+    info = entry.info
+    if info.isdir():
+        kind = "folder"
+    elif info.issym() or info.islnk():
+        kind = f"link to {printable(info.linkname)}"
+    else:
+        kind = format_size(info.size)
+    log.info("Member %s (%s)", printable(info.name), kind)
 
 
 def _padding(size: int) -> bytes:

@@ -1,9 +1,9 @@
 """Walk the members of a tar stream with tarfile's header parser, keeping their raw bytes.
 
-tarfile's own iteration stops quietly at a damaged header and needs a seekable
-file; this reader instead drives `tarfile.TarInfo.fromtarfile` over a forward-only
-stream, so every header block passes through here exactly as it was read and
-every damaged header becomes an error with its byte offset.
+tarfile's own iteration stops quietly at a damaged header, and it needs a
+seekable file. This reader drives `tarfile.TarInfo.fromtarfile` over a
+forward-only stream instead. Every header block passes through it exactly as
+read, and every damaged header becomes an error with its byte offset.
 """
 
 import dataclasses
@@ -14,7 +14,7 @@ from pathlib import Path
 from app.errors import ErrorCode, RepackError
 
 BLOCK = tarfile.BLOCKSIZE
-# Extended headers (pax records, GNU long names) are read into memory; real ones
+# Extended headers (pax records, GNU long names) are read into memory. Real ones
 # are a few KiB, so a larger one is damage or an attempt to exhaust memory.
 MAX_HEADER_DATA = 16 << 20
 
@@ -123,7 +123,7 @@ class TarReader:
         self.marker_found = False
 
     def members(self) -> Iterator[Entry]:
-        """Yield each member; after the last one, `end_of_archive` holds the marker's offset."""
+        """Yield each member; after the last one, `end_of_archive` is the marker's offset."""
         while (entry := self._next()) is not None:
             yield entry
             if self.stream.tell() != entry.end:
@@ -175,7 +175,7 @@ class TarReader:
         return Entry(info, offset, header, data_end - consumed)
 
     def _end(self, offset: int, marker: bool = True) -> None:
-        """Record where the archive ends; `marker` tells whether a zero block ends it."""
+        """Record where the archive ends; `marker` is True when a zero block ends it."""
         if offset == 0:
             raise RepackError(ErrorCode.INVALID_ARCHIVE,
                               f"{self.path} contains no members: the tar stream is "
