@@ -138,6 +138,7 @@ class _Rewriter:
         reader = TarReader(stream, self.model)
         layout = LayoutReport(self.model.name)
         kept = 0
+        data_size = 0
         for entry in reader.members():
             checker.check(entry.info)
             layout.add(entry.info)
@@ -153,6 +154,7 @@ class _Rewriter:
                 sink(entry.header)
             forward_data(stream, entry, self.model, sink)
             kept += 1
+            data_size += entry.info.size if entry.info.isreg() else 0
 
         if not reader.marker_found:
             log.warning("%s has no end-of-archive marker; the archive may be cut short, "
@@ -161,6 +163,7 @@ class _Rewriter:
         reader.check_trailing_zeros()
         if kept > MEMBERS_LISTED:
             log.info("... and %d more members", kept - MEMBERS_LISTED)
+        log.info("Kept %d members holding %s of file data", kept, format_size(data_size))
         layout.log_warnings()
         return kept
 
