@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from app.errors import ErrorCode, RepackError
+from app.formats import describe
 
 BLOCK = tarfile.BLOCKSIZE
 # Extended headers (pax records, GNU long names) are read into memory. Real ones
@@ -160,7 +161,12 @@ class TarReader:
             self.stream.stop_recording()
             return self._end(offset, marker=False)
         except tarfile.HeaderError as exc:
-            self.stream.stop_recording()
+            header = self.stream.stop_recording()
+            if offset == 0:
+                raise RepackError(ErrorCode.INVALID_FORMAT,
+                                  f"{self.path} decompresses to {describe(header)}, not a tar "
+                                  "archive; create it with `tar czf model.tar.gz -C <model "
+                                  "folder> .` rather than compressing a single file") from None
             raise RepackError(ErrorCode.INVALID_ARCHIVE,
                               f"{self.path} has an invalid tar header at offset {offset} "
                               f"({exc}); the archive is damaged, create it again") from None

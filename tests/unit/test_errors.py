@@ -160,3 +160,13 @@ def test_bad_command_line_is_invalid_argument(tmp_path, capsys, arguments, fragm
     assert "ERROR INVALID_ARGUMENT: " in log
     assert message.read_text().startswith("INVALID_ARGUMENT: ")
     assert fragment in message.read_text()
+
+
+@pytest.mark.parametrize("content, looks_like", [
+    (b"\x89HDF\r\n\x1a\n" + bytes(600), "an HDF5 file"),
+    (b'{"weights": [0.1, 0.2]}\n' * 30, "a text file starting with"),
+    (bytes(range(256)) * 3, "binary data starting with 00 01 02"),
+])
+def test_gzip_of_a_single_file_is_invalid_format(job, content, looks_like):
+    outcome = job.run(archives.gzip_bytes(content))
+    assert_failed(outcome, "INVALID_FORMAT", "decompresses to", looks_like, "not a tar archive")
