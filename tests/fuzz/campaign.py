@@ -16,8 +16,11 @@ the hyperparameters file and a report with the violation and the job's log.
 Only the first few inputs of each signature are saved; all are counted.
 The run ends with a summary line, and exit status 1 if anything was found.
 
-The campaign runs one process and passes `--threads 1`, so it uses about one
-core. It memoises argument parsing (the command line never changes between
+The campaign passes `--threads 1` and runs one process at a time, so it uses
+about one core. Each chunk of --progress-every inputs runs in a forked child,
+so threads that a run leaves behind end with their chunk instead of piling up
+for a million runs. A daemon thread still running at the end of its chunk is
+saved as a finding, with the input that started it. It memoises argument parsing (the command line never changes between
 runs), and its working files live in /dev/shm when that exists, because a
 run on a small input costs a few milliseconds and file system calls are much
 of that.
@@ -28,9 +31,12 @@ import collections
 import functools
 import hashlib
 import json
+import os
 import random
 import re
 import resource
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,8 +62,6 @@ def main() -> int:
     campaign = Campaign(args, seeds, Path(tempfile.mkdtemp(prefix="fuzz-", dir=scratch)))
     try:
         campaign.run()
-    except Interrupted as exc:
-        campaign.note(f"stopped by {exc.signal_name}")
     finally:
         campaign.summarise()
     return 1 if campaign.findings else 0
@@ -96,16 +100,82 @@ class Campaign:
         self.done = 0
         self.started = time.monotonic()
         self.progress = (args.out / "progress.log").open("a", encoding="utf-8")
+        self.stopping = False
+        self.child: int | None = None
+        # (input number, thread, model, hyperparameters, recompress, run) for daemon
+        # threads still running right after their run; checked again at chunk end.
+        self.suspects: list[tuple] = []
 
     def run(self) -> None:
         self.note(f"start: inputs {self.args.start}..{self.args.start + self.args.count - 1}, "
                   f"seed {self.args.seed}, {len(self.seeds)} seed archives, "
-                  f"work folder {self.workspace.root}")
-        for number in range(self.args.start, self.args.start + self.args.count):
+                  f"work folder {self.workspace.root}, engine at {_engine_revision()}")
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        end = self.args.start + self.args.count
+        for chunk_start in range(self.args.start, end, self.args.progress_every):
+            if self.stopping:
+                self.note("stopped by a signal")
+                return
+            self.run_chunk_in_child(chunk_start, min(chunk_start + self.args.progress_every, end))
+            self.report_progress()
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+        if self.child is not None:
+            os.kill(self.child, signum)
+
+    def run_chunk_in_child(self, start: int, end: int) -> None:
+        """Run inputs start..end-1 in a forked child; take over its counts when it ends."""
+        state_file = self.args.out / "chunk-state.json"
+        state_file.unlink(missing_ok=True)
+        self.child = os.fork()
+        if self.child == 0:
+            code = 0
+            try:
+                self.run_chunk(start, end)
+            except Interrupted:
+                code = 3
+            except BaseException:
+                traceback.print_exc()
+                code = 2
+            finally:
+                state_file.write_text(json.dumps({"done": self.done,
+                                                  "outcomes": self.outcomes,
+                                                  "findings": self.findings}))
+            os._exit(code)
+
+        _, status = os.waitpid(self.child, 0)
+        self.child = None
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+            self.done = state["done"]
+            self.outcomes = collections.Counter(state["outcomes"])
+            self.findings = collections.Counter(state["findings"])
+        if os.waitstatus_to_exitcode(status) == 3:
+            self.stopping = True
+        elif status != 0 and not self.stopping:
+            self.findings["worker-crashed"] += 1
+            self.note(f"finding worker-crashed: the child running inputs {start}..{end - 1} "
+                      f"ended with status {os.waitstatus_to_exitcode(status)}; rerun that "
+                      "range with --start and --count to find the input")
+
+    def run_chunk(self, start: int, end: int) -> None:
+        # Like the job's own handlers, which replace these during each run.
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+        signal.signal(signal.SIGINT, _raise_interrupted)
+        for number in range(start, end):
             self.run_one(number)
             self.done += 1
-            if self.done % self.args.progress_every == 0:
-                self.report_progress()
+        self.record_leaked_threads()
+
+    def record_leaked_threads(self) -> None:
+        for number, thread, model, hyperparameters, recompress, run in self.suspects:
+            if thread.is_alive():
+                self.record(number, model, hyperparameters, recompress, run,
+                            f"daemon thread {thread.name!r} still running at the end of "
+                            "the chunk")
+        self.suspects.clear()
 
     def run_one(self, number: int) -> None:
         rng = random.Random(f"{self.args.seed}:{number}")
@@ -125,6 +195,9 @@ class Campaign:
             harness.check(self.workspace, model, hyperparameters, run, self.args.time_limit)
         except harness.PropertyViolation as violation:
             self.record(number, model, hyperparameters, recompress, run, str(violation))
+        for thread in run.leftover_threads:
+            if thread.daemon:
+                self.suspects.append((number, thread, model, hyperparameters, recompress, run))
 
     def record(self, number: int, model: bytes, hyperparameters: bytes, recompress: bool,
                run: harness.Run, violation: str) -> None:
@@ -142,13 +215,14 @@ class Campaign:
             f"input {number}, campaign seed {self.args.seed}\n"
             f"rerun: PYTHONPATH=. .venv/bin/python tests/fuzz/campaign.py --seed "
             f"{self.args.seed} --start {number} --count 1 --out /tmp/fuzz-rerun\n"
-            f"--recompress: {recompress}\nviolation: {violation}\nexit code: {run.exit_code}, {run.seconds:.3f} s\n"
+            f"--recompress: {recompress}\nviolation: {violation}\n"
+            f"exit code: {run.exit_code}, {run.seconds:.3f} s\n"
             f"{error}--- log ---\n{run.log}", encoding="utf-8")
         self.note(f"finding {signature} at input {number}: {violation}")
 
     def report_progress(self) -> None:
         elapsed = time.monotonic() - self.started
-        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        memory = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
         outcomes = ", ".join(f"{name} {count}" for name, count in self.outcomes.most_common())
         self.note(f"{self.done} inputs in {elapsed:.0f} s ({self.done / elapsed:.0f}/s), "
                   f"findings {sum(self.findings.values())} in {len(self.findings)} "
@@ -173,6 +247,10 @@ class Campaign:
         print(stamped, file=sys.__stdout__, flush=True)
 
 
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def _outcome(run: harness.Run) -> str:
     """Return "exit 0", the error code of the ERROR line, or "other"."""
     if run.exit_code == 0:
@@ -183,12 +261,26 @@ def _outcome(run: harness.Run) -> str:
 
 def _signature(violation: str, run: harness.Run) -> str:
     """Name a finding by its violation and the innermost traceback line in the log."""
-    where = [line.strip() for line in run.log.splitlines() if line.startswith('  File "')]
-    last_error = [line for line in run.log.splitlines()
-                  if line and not line.startswith((" ", "INFO", "WARNING", "ERROR", "Trace"))]
-    key = re.sub(r"'[^']*'|\d+", "", violation.split(":")[0]) + "|" + (where[-1] if where else "") + "|" + \
-        (last_error[-1].split(":")[0] if last_error else "")
+    lines = run.log.splitlines()
+    frames = [line.strip() for line in lines if line.startswith('  File "')]
+    errors = [line.split(":")[0] for line in lines
+              if line and not line.startswith((" ", "INFO", "WARNING", "ERROR", "Trace"))]
+    violation_kind = re.sub(r"'[^']*'|\d+", "", violation.split(":")[0])
+    key = "|".join([violation_kind, frames[-1] if frames else "", errors[-1] if errors else ""])
     return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _engine_revision() -> str:
+    """Return the commit of the repository, with "+changes" when app/ differs from it."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "app"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return commit + ("+changes" if changed else "")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,13 @@ hyperparameters file:
   on, the failure message starts with the same code, and the output folder is
   empty.
 * anything else (another exit code, INTERNAL_ERROR, an exception escaping
-  main, a run over the time limit) is a failure.
+  main, a run over the time limit, a non-daemon thread still running after main
+  returns) is a failure. A non-daemon thread keeps the job's process from
+  exiting; a daemon thread left behind is harmless to the job, so only the
+  campaign reports it.
 """
+# Seconds to wait for a thread started by the job to end after main returns.
+THREAD_GRACE = 2.0
 
 import contextlib
 import dataclasses
@@ -28,6 +33,7 @@ import random
 import re
 import struct
 import tarfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -290,6 +296,9 @@ class Run:
     log: str
     seconds: float
     error: BaseException | None = None
+    # Threads the run started that were still running after it: non-daemon ones
+    # THREAD_GRACE seconds after, daemon ones at once (they may still be ending).
+    leftover_threads: list[threading.Thread] = dataclasses.field(default_factory=list)
 
 
 class Workspace:
@@ -321,13 +330,25 @@ class Workspace:
 
         # main() points its log handler at sys.stderr as it is when main starts.
         log = io.StringIO()
+        threads_before = set(threading.enumerate())
         started = time.perf_counter()
         try:
             with contextlib.redirect_stderr(log):
                 exit_code = main(self.argv + (("--recompress",) if recompress else ()))
         except BaseException as exc:  # everything must be caught inside main
             return Run(None, log.getvalue(), time.perf_counter() - started, exc)
-        return Run(exit_code, log.getvalue(), time.perf_counter() - started)
+        run = Run(exit_code, log.getvalue(), time.perf_counter() - started)
+        run.leftover_threads = _leftover_threads(threads_before)
+        return run
+
+
+def _leftover_threads(threads_before: set[threading.Thread]) -> list[threading.Thread]:
+    new = [thread for thread in threading.enumerate() if thread not in threads_before]
+    deadline = time.monotonic() + THREAD_GRACE
+    for thread in new:
+        if not thread.daemon:
+            thread.join(max(deadline - time.monotonic(), 0))
+    return [thread for thread in new if thread.is_alive()]
 
 
 def check(workspace: Workspace, model: bytes, hyperparameters: bytes, run: Run,
@@ -337,6 +358,10 @@ def check(workspace: Workspace, model: bytes, hyperparameters: bytes, run: Run,
         raise PropertyViolation(f"main raised {type(run.error).__name__}: {run.error}")
     if run.seconds > time_limit:
         raise PropertyViolation(f"the run took {run.seconds:.1f} s, over {time_limit} s")
+    blocking = [thread.name for thread in run.leftover_threads if not thread.daemon]
+    if blocking:
+        raise PropertyViolation(f"non-daemon threads still running after main returned: "
+                                f"{blocking}")
     codes = ERROR_LINE.findall(run.log)
     if run.exit_code == 0:
         if codes:
