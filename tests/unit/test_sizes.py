@@ -7,6 +7,7 @@ disk and no 8 GiB deflate; the job still inflates all of it.
 """
 
 import dataclasses
+import gzip
 import hashlib
 import io
 import random
@@ -224,3 +225,128 @@ def test_fast_path_kept_after_long_zero_run(job):
     assert_repacked(tar, outcome.output, HYPERPARAMETERS)
     assert "Fast path not possible" not in outcome.log
     assert spliced_at(outcome.log) > 40 * MIB - WINDOW
+
+
+# --- Length fields, long and undecodable names, and links --------------------------------------
+# Cases of damage, names and links that the other unit tests do not cover yet.
+
+def gzip_members(tar: bytes) -> list[bytes]:
+    """Return `tar` as two gzip members, split in the middle."""
+    middle = len(tar) // 2
+    return [gzip.compress(tar[:middle], mtime=0), gzip.compress(tar[middle:], mtime=0)]
+
+
+def with_length(member: bytes, length: int) -> bytes:
+    """Return a gzip member whose trailer declares `length` bytes (ISIZE)."""
+    return member[:-4] + (length & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def assert_invalid_archive(outcome, *fragments: str) -> None:
+    assert outcome.exit_code == 1, outcome.log
+    message = outcome.message()
+    assert message.startswith("INVALID_ARCHIVE: "), message
+    for fragment in fragments:
+        assert fragment in message
+    assert outcome.leftovers() == []
+    assert not outcome.output.exists()
+
+
+def test_length_mismatch_is_invalid_archive(job):
+    tar = archives.tar_bytes(archives.model_members())
+    first, second = gzip_members(tar)
+    second_size = len(tar) - len(tar) // 2
+
+    outcome = job.run(first + with_length(second, second_size + 1), HYPERPARAMETERS)
+
+    assert_invalid_archive(outcome, "length mismatch", f"gzip member at byte {len(first)}",
+                           f"says {second_size + 1} bytes", f"has {second_size}")
+
+
+def test_crc_mismatch_in_first_member_is_invalid_archive(job):
+    first, second = gzip_members(archives.tar_bytes(archives.model_members()))
+
+    outcome = job.run(archives.crc_mismatch(first) + second, HYPERPARAMETERS)
+
+    assert_invalid_archive(outcome, "CRC-32 mismatch", "gzip member at byte 0")
+
+
+def test_gzip_of_empty_tar_stream_is_invalid_archive(job):
+    outcome = job.run(gzip.compress(b"", mtime=0), HYPERPARAMETERS)
+
+    assert_invalid_archive(outcome, "contains no members", "the tar stream is empty")
+
+
+@pytest.mark.parametrize("recompress", [False, True], ids=["fast-path", "recompress"])
+def test_gnu_long_names_and_link_names_are_kept(job, recompress):
+    long_name = "./" + "/".join(["checkpoint-folder"] * 7) + "/pytorch_model.bin"
+    members = [archives.folder("./"), archives.file(long_name, b"w" * 1000),
+               archives.symlink("./" + "s" * 120, long_name[2:]),
+               archives.hardlink("./" + "h" * 130, long_name)]
+    tar = archives.tar_bytes(members, tarfile.GNU_FORMAT)
+    # One record for the file's name, and one each for the links' names and targets.
+    assert tar.count(b"././@LongLink") == 5, "tarfile wrote no GNU long name records"
+
+    outcome = job.run(archives.gzip_bytes(tar), HYPERPARAMETERS,
+                      *(["--recompress"] if recompress else []))
+
+    assert outcome.exit_code == 0, outcome.log
+    assert_repacked(tar, outcome.output, HYPERPARAMETERS)
+
+
+def test_pax_name_not_utf8_is_kept(job):
+    name = b"gewichte-\xe4\xf6\xfc-".decode("utf-8", "surrogateescape") + "x" * 100 + ".bin"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT,
+                      encoding="utf-8", errors="surrogateescape") as archive:
+        for member in [archives.file(name, b"latin-1 name"), archives.file("ok.bin", b"w")]:
+            archive.addfile(member.info, io.BytesIO(member.data))
+    tar = buffer.getvalue()
+    assert b"hdrcharset=BINARY" in tar
+
+    outcome = job.run(archives.gzip_bytes(tar), HYPERPARAMETERS)
+
+    assert outcome.exit_code == 0, outcome.log
+    assert_repacked(tar, outcome.output, HYPERPARAMETERS)
+    assert "gewichte-\\xe4\\xf6\\xfc-" in outcome.log
+
+
+def assert_unsafe(outcome, member_name: str, *fragments: str) -> None:
+    assert outcome.exit_code == 1, outcome.log
+    message = outcome.message()
+    assert message.startswith("UNSAFE_ARCHIVE: "), message
+    assert f"member {member_name} " in message
+    for fragment in fragments:
+        assert fragment in message
+    assert not outcome.output.exists()
+
+
+@pytest.mark.parametrize("member", [
+    archives.symlink("blobs", "../../blobs/sha256-abc"),
+    archives.symlink("config.json", "/root/.cache/huggingface/hub/config.json"),
+    archives.hardlink("weights.bin", "../weights.bin"),
+    archives.hardlink("passwd", "/etc/passwd"),
+], ids=["symlink-up", "symlink-absolute", "hardlink-up", "hardlink-absolute"])
+def test_link_outside_archive_names_dereference_hint(job, member):
+    tar = archives.tar_bytes([archives.file("ok.txt", b"ok"), member])
+
+    outcome = job.run(archives.gzip_bytes(tar), HYPERPARAMETERS)
+
+    assert_unsafe(outcome, member.info.name, f"link to {member.info.linkname}",
+                  "links dereferenced", "cp -L")
+
+
+@pytest.mark.parametrize("members", [
+    # sub/up is the archive root; sub/up2 = sub/up/.. is the folder above it.
+    [archives.folder("sub"), archives.symlink("sub/up", ".."),
+     archives.symlink("sub/up2", "up/..")],
+    [archives.symlink("here", "."), archives.symlink("parent", "here/..")],
+], ids=["through-link-to-parent", "through-link-to-root"])
+def test_link_chain_leaving_archive_is_unsafe(job, members):
+    # Each link alone stays inside, but resolved through the earlier link on disk,
+    # the last one points outside the extraction folder: tarfile's data filter
+    # rejects it on extraction, and GNU tar creates it pointing outside.
+    tar = archives.tar_bytes([archives.file("ok.txt", b"ok"), *members])
+
+    outcome = job.run(archives.gzip_bytes(tar), HYPERPARAMETERS)
+
+    assert_unsafe(outcome, members[-1].info.name, "outside the archive")
