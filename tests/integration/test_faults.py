@@ -16,8 +16,8 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from tests.integration.support import (CODE_DIR, FAILURE_DIR, OUTPUT_DIR, SUCCESS_LINE, Job,
-                                       JobResult, assert_failed, assert_failure_message,
+from tests.integration.support import (CODE_DIR, ERROR_LINE, FAILURE_DIR, OUTPUT_DIR,
+                                       SUCCESS_LINE, Job, JobResult, assert_failure_message,
                                        assert_repacked, assert_success_logged, collect_result,
                                        files_under, wait_for_exit, wait_until,
                                        write_hyperparameters, write_model)
@@ -138,8 +138,9 @@ def kill_rounds() -> list[Round]:
         else:
             trigger = rng.choice(END_TRIGGERS if arguments is FAST else ["read done"])
         mode = "--recompress" if arguments is RECOMPRESS else "fast path"
-        rounds.append(Round(number, "SIGTERM" if number % 2 == 0 else "SIGINT", arguments,
-                            trigger, rng.uniform(0, MAX_FRACTION[mode]), rng.randrange(8),
+        signal_name = "SIGTERM" if number % 2 == 0 else "SIGINT"
+        rounds.append(Round(number, signal_name, arguments, trigger,
+                            rng.uniform(0, MAX_FRACTION[mode]), rng.randrange(8),
                             rng.random() < 0.5))
     return rounds
 
@@ -176,8 +177,24 @@ class Watcher:
         return size is not None and size >= round_.output_fraction * model_size
 
 
-def run_round(image: str, inputs: LargeInputs, folder: Path, round_: Round) -> tuple[JobResult, bool]:
-    """Start the job, signal it at the round's moment; return how it ended and if it was signalled."""
+def send_signal(wrapped, signal_name: str) -> bool:
+    """Send the signal; return False if the job had already exited."""
+    try:
+        wrapped.kill(signal=signal_name)
+    except docker.errors.APIError as exc:
+        # 409 Conflict: the container is no longer running.
+        if exc.status_code != 409:
+            raise
+        return False
+    return True
+
+
+def run_round(image: str, inputs: LargeInputs, folder: Path,
+              round_: Round) -> tuple[JobResult, bool]:
+    """Run the job and signal it at the round's moment; return its result and if it got the signal.
+
+    The extra polls after the trigger are a seeded delay of a few milliseconds each.
+    """
     job = large_job(image, inputs, folder, round_.arguments)
     with job.start() as container:
         watcher = Watcher(container, folder / "output")
@@ -185,14 +202,7 @@ def run_round(image: str, inputs: LargeInputs, folder: Path, round_: Round) -> t
                    TRIGGER_TIMEOUT, f"the trigger of {round_.describe()}")
         for _ in range(round_.extra_polls):
             watcher.reached(round_, inputs.model_size)
-        try:
-            watcher.wrapped.kill(signal=round_.signal_name)
-            signalled = True
-        except docker.errors.APIError as exc:
-            # 409: the job finished before the signal could be sent.
-            if exc.status_code != 409:
-                raise
-            signalled = False
+        signalled = send_signal(watcher.wrapped, round_.signal_name)
         sent = time.monotonic()
         exit_code = wait_for_exit(container, PROMPT_EXIT + TRIGGER_TIMEOUT)
         if signalled:
@@ -222,7 +232,10 @@ def test_kills_at_random_moments_leave_no_partial_output(image: str, tmp_path: P
 
         context = f"{round_.describe()}\nstderr:\n{result.stderr}"
         if signalled and result.exit_code != 0:
-            text = assert_failed(result, "INTERRUPTED")
+            assert result.exit_code == 1, context
+            assert result.error_codes() == ["INTERRUPTED"], context
+            assert "Traceback" not in result.stderr, context
+            text = ERROR_LINE.search(result.stderr)["text"]
             assert round_.signal_name in text, context
             assert_failure_message(folder / "failure", "INTERRUPTED", text)
             interrupted.append(round_.number)
@@ -262,6 +275,115 @@ def test_stop_right_after_start_is_not_lost(image: str, tmp_path: Path,
     assert result.exit_code != 0, f"the {signal_name} was lost; stderr:\n{result.stderr}"
     assert set(result.error_codes()) <= {"INTERRUPTED"}, result.stderr
     assert files_under(tmp_path / "output") == []
+
+
+# Runs the job with os.replace wrapped so that the job sends itself SIGTERM
+# right after it renames its output to model.tar.gz: the one moment no
+# outside signal can be timed to hit.
+STOP_AFTER_RENAME = """
+import os, signal, sys
+sys.path.insert(0, "/opt/repack")
+rename = os.replace
+
+def rename_then_stop(source, destination):
+    rename(source, destination)
+    if str(destination).endswith("/model.tar.gz"):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+os.replace = rename_then_stop
+from app import main
+sys.exit(main([]))
+"""
+
+
+def test_stop_after_rename_keeps_result_consistent(image: str, tmp_path: Path,
+                                                   output_dir: Path, failure_dir: Path):
+    # Once model.tar.gz is replaced the job has succeeded. A stop then must end
+    # in exit 0, or leave the older output in place, because exit code 1 with
+    # "no output was written" beside a new model.tar.gz misleads the user.
+    published = output_dir / "model" / "model.tar.gz"
+    write_model(published, seed="an older run")
+    older = published.read_bytes()
+    model = write_model(tmp_path / "models" / "model.tar.gz", seed="this run")
+    write_hyperparameters(tmp_path / "hyperparams" / "hyperparameters.json")
+    job = (Job(image, entrypoint=["python3", "-c", STOP_AFTER_RENAME])
+           .mount(model.parent, f"{CODE_DIR}/models")
+           .mount(tmp_path / "hyperparams", f"{CODE_DIR}/hyperparams")
+           .mount(output_dir, OUTPUT_DIR, "rw")
+           .mount(failure_dir, FAILURE_DIR, "rw"))
+
+    result = job.run()
+
+    assert files_under(output_dir) == ["model/model.tar.gz"]
+    if result.exit_code == 0:
+        assert_success_logged(result, published)
+    else:
+        assert published.read_bytes() == older, (
+            f"exit code {result.exit_code}, but model.tar.gz was replaced; stderr:\n"
+            f"{result.stderr}")
+
+
+# Runs the job on the large input and sends it SIGTERM from inside, after the
+# fast path has copied 4 MiB. Then it sends SIGINT at the start of the step
+# named in argv[1], the clean-up of the temporary file or the error report.
+# A user who presses Ctrl-C after `docker stop` can hit either step.
+SECOND_SIGNAL = """
+import os, signal, sys
+sys.path.insert(0, "/opt/repack")
+from app import cli, main, publish
+
+def once(signal_number):
+    sent = []
+    def send():
+        if not sent:
+            sent.append(signal_number)
+            os.kill(os.getpid(), signal_number)
+    return send
+
+first, second = once(signal.SIGTERM), once(signal.SIGINT)
+write_behind = publish.OutputFile.write_behind
+copied = []
+
+def write_behind_then_stop(self, data):
+    write_behind(self, data)
+    copied.append(len(data))
+    if sum(copied) >= 4 << 20:
+        first()
+
+publish.OutputFile.write_behind = write_behind_then_stop
+if sys.argv[1] == "clean-up":
+    discard = publish.OutputFile.discard
+    def stop_then_discard(self):
+        second()
+        discard(self)
+    publish.OutputFile.discard = stop_then_discard
+else:
+    fail = cli._fail
+    def stop_then_fail(error, path):
+        second()
+        return fail(error, path)
+    cli._fail = stop_then_fail
+sys.exit(main([]))
+"""
+
+
+@pytest.mark.parametrize("step", ["clean-up", "error report"])
+def test_second_signal_during_step_is_handled(image: str, tmp_path: Path,
+                                              large_inputs: LargeInputs, step: str):
+    published = tmp_path / "output" / "model" / "model.tar.gz"
+    write_model(published, seed="an older run")
+    older = published.read_bytes()
+    job = large_job(image, large_inputs, tmp_path, [])
+    job.entrypoint = ["python3", "-c", SECOND_SIGNAL, step]
+
+    result = job.run()
+
+    assert result.exit_code == 1, result.stderr
+    assert result.error_codes() == ["INTERRUPTED"], result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert files_under(tmp_path / "output") == ["model/model.tar.gz"], result.stderr
+    assert published.read_bytes() == older
+    assert (tmp_path / "failure" / "message").read_text().startswith("INTERRUPTED: ")
 
 
 def test_success_replaces_older_output(image: str, tmp_path: Path, output_dir: Path):
