@@ -22,7 +22,8 @@ READ_SIZE = 1 << 20
 # Input is fed to a decompressor in slices, so that a slice of highly compressible
 # data (gzip reaches 1:1032 on zeros) yields a bounded amount of output per call.
 FEED_SIZE = 1 << 16
-MAX_OUTPUT = 1 << 22
+MIN_FEED_SIZE = 1 << 10
+MAX_OUTPUT = 1 << 20
 
 WINDOW_SIZE = 1 << 15
 # A snapshot every MiB of output, eight kept: the fast path searches the last
@@ -31,7 +32,7 @@ SNAPSHOT_INTERVAL = 1 << 20
 SNAPSHOTS_KEPT = 8
 # Highly compressible data can go a long way between snapshots; past this much
 # held output the oldest snapshots are given up so memory stays bounded.
-RECENT_LIMIT = 32 << 20
+RECENT_LIMIT = 16 << 20
 
 GZIP_MAGIC = b"\x1f\x8b"
 _FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
@@ -211,6 +212,10 @@ class GzipDecoder(Decoder):
             size += 2
         if not self._fill(size):
             raise self._damaged(f"the gzip header at byte {offset} is cut short")
+        if flags & _FHCRC:
+            header = bytes(self._pending[:size])
+            if zlib.crc32(header[:-2]) & 0xFFFF != int.from_bytes(header[-2:], "little"):
+                raise self._damaged(f"the gzip header at byte {offset} fails its header CRC")
         return size
 
     def _find_nul(self, start: int, offset: int) -> int:
@@ -225,11 +230,12 @@ class GzipDecoder(Decoder):
         decompressor = zlib.decompressobj(-zlib.MAX_WBITS)
         crc = 0
         next_snapshot = self.plain_offset + SNAPSHOT_INTERVAL
+        feed_size = FEED_SIZE
         while not decompressor.eof:
             if not self._fill(1):
                 raise self._damaged(f"the gzip member at byte {member.offset} ends at byte "
                                     f"{self._offset} before its deflate data is complete")
-            piece = self._pending[:FEED_SIZE]
+            piece = self._pending[:feed_size]
             try:
                 output = decompressor.decompress(piece, MAX_OUTPUT)
             except zlib.error as exc:
@@ -246,6 +252,12 @@ class GzipDecoder(Decoder):
             elif not left and len(output) < MAX_OUTPUT and self.plain_offset >= next_snapshot:
                 self._snapshot(crc, decompressor)
                 next_snapshot = self.plain_offset + SNAPSHOT_INTERVAL
+            # Feed less after a call that filled its output, so that even highly
+            # compressible data reaches clean points (input used up) for snapshots.
+            if left and len(output) == MAX_OUTPUT:
+                feed_size = max(feed_size // 4, MIN_FEED_SIZE)
+            elif feed_size < FEED_SIZE and len(output) < MAX_OUTPUT // 4:
+                feed_size *= 2
             if output:
                 yield output
         self._member_crc = crc
@@ -323,9 +335,12 @@ class _StreamDecoder(Decoder):
                 pending = decompressor.unused_data + pending
                 if not pending and not (pending := self._read()):
                     return
-                if not self._is_stream_start(pending):
-                    self._check_padding(pending)
+                pending = self._skip_padding(pending)
+                if not pending:
                     return
+                if not self._is_stream_start(pending):
+                    raise self._damaged(f"unexpected data after a {self.format_name} stream, "
+                                        f"before byte {self.bytes_read}")
                 decompressor = self._new_decompressor()
             if not pending and decompressor.needs_input:
                 pending = self._read()
@@ -341,13 +356,14 @@ class _StreamDecoder(Decoder):
             if output:
                 yield output
 
-    def _check_padding(self, pending: bytes) -> None:
+    def _skip_padding(self, pending: bytes) -> bytes:
+        """Skip zero bytes between or after streams (xz calls them stream padding)."""
         while True:
-            if pending.strip(b"\x00"):
-                raise self._damaged(f"unexpected data after the last {self.format_name} stream, "
-                                    f"before byte {self.bytes_read}")
+            pending = pending.lstrip(b"\x00")
+            if pending:
+                return pending
             if not (pending := self._read()):
-                return
+                return b""
 
 
 class Bzip2Decoder(_StreamDecoder):

@@ -27,7 +27,8 @@ from app.formats import SNIFF_SIZE, Compression, detect
 from app.progress import Progress, format_size
 from app.publish import OutputFile
 from app.safety import LayoutReport, MemberChecker, normalize
-from app.tarstream import ByteStream, Entry, TarReader, forward_data, printable
+from app.tarstream import (ByteStream, Entry, TarReader, forward_data, leading_global_headers,
+                           printable)
 from app.verify import Verifier
 
 log = logging.getLogger(__name__)
@@ -52,16 +53,33 @@ class NewMember:
     data: bytes
     mtime: int
 
-    def blocks(self) -> bytes:
-        """Return the member's header and data blocks (ustar format, mode 0644, owner 0/0)."""
+    def blocks(self, global_headers: dict[str, str]) -> bytes:
+        """Return the member's header and data blocks: mode 0644, owner 0/0, no owner names.
+
+        Global pax records from the archive apply to every member after them, this
+        one included, so each record that would change its name, size, owner or
+        time is overridden by a pax record of its own.
+        """
         info = tarfile.TarInfo(HYPERPARAMETERS_NAME)
         info.size = len(self.data)
         info.mode = 0o644
         info.mtime = self.mtime
         info.uid = info.gid = 0
         info.uname = info.gname = ""
-        header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+        overridden = {key: str(getattr(info, key if key != "linkpath" else "linkname"))
+                      for key in global_headers if key in _OVERRIDDEN_PAX_KEYS}
+        if overridden:
+            info.pax_headers = overridden
+            header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        else:
+            header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
         return header + self.data + _padding(len(self.data))
+
+
+# The pax keywords that describe a member's identity and metadata (POSIX pax, plus
+# atime and ctime, which GNU tar writes).
+_OVERRIDDEN_PAX_KEYS = {"path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime",
+                        "atime", "ctime"}
 
 
 @dataclasses.dataclass
@@ -103,10 +121,11 @@ class _Rewriter:
         self.deflate: ParallelDeflate | None = None
         self.verifier: Verifier | None = None
         self.tar_size = 0
+        self.global_headers: dict[str, str] = {}
         self.path_taken = ""
 
     def run(self) -> Result:
-        with open(self.model, "rb") as file, MemberChecker(self.model.name) as checker:
+        with open(self.model, "rb") as file, MemberChecker(self.model.name, HYPERPARAMETERS_NAME) as checker:
             compression = detect(self.model, file.read(SNIFF_SIZE))
             file.seek(0)
             progress = Progress(self.model, os.fstat(file.fileno()).st_size)
@@ -147,6 +166,8 @@ class _Rewriter:
                 log.info("Replacing the archive's own %s (member %s at tar offset %d)",
                          HYPERPARAMETERS_NAME, printable(entry.info.name), entry.offset)
                 self._change_at(entry.offset)
+                # Global pax headers in front of the dropped member still apply to later ones.
+                self._write_tar(leading_global_headers(entry.header))
                 forward_data(stream, entry, self.model, None)
                 continue
             sink = self._write_tar if self.deflate is not None else None
@@ -161,6 +182,7 @@ class _Rewriter:
                         "but every member is complete", self.model)
         self._change_at(reader.end_of_archive)
         reader.check_trailing_zeros()
+        self.global_headers = reader.global_headers
         if kept > MEMBERS_LISTED:
             log.info("... and %d more members", kept - MEMBERS_LISTED)
         log.info("Kept %d members holding %s of file data", kept, format_size(data_size))
@@ -216,7 +238,7 @@ class _Rewriter:
                  "again from tar offset %d (first change at %d)", kept, point.plain, change)
 
     def _finish(self, members: int) -> None:
-        self._write_tar(self.new_member.blocks())
+        self._write_tar(self.new_member.blocks(self.global_headers))
         self._write_tar(_end_of_archive(self.tar_size))
         crc, length = self.deflate.finish()
         self.deflate = None

@@ -1,6 +1,8 @@
 """Check each member as extraction with the `data` filter would, without extracting anything."""
 
 import logging
+import os
+import posixpath
 import tarfile
 import tempfile
 
@@ -11,15 +13,25 @@ log = logging.getLogger(__name__)
 
 
 class MemberChecker:
-    """Rejects members that `tarfile.data_filter` rejects, and hardlinks to missing members.
+    """Rejects members that extraction with `tarfile.data_filter` would reject, and more.
 
-    The filter resolves paths against a destination folder; an empty temporary
-    folder stands in for it, so no link on this machine can affect the verdict.
+    The filter resolves each path against a destination folder, following the
+    links already extracted there. A private temporary folder stands in for it,
+    holding only the folders and symlinks of the members checked so far (no file
+    data), so chains of links that escape only together are caught as they would
+    be on extraction, and nothing on this machine can affect the verdict.
+
+    Beyond the filter, it rejects what GNU tar or SageMaker would fail to
+    extract: '..' components, empty names, hardlinks to missing members, to
+    folders or to the hyperparameters.json being replaced, and a folder named
+    like that file.
     """
 
-    def __init__(self, archive_name: str) -> None:
+    def __init__(self, archive_name: str, replaced: str) -> None:
         self.archive_name = archive_name
+        self.replaced = replaced
         self._destination = tempfile.TemporaryDirectory(prefix="repack-check-")
+        self._folders: set[str] = set()
         self._names: set[str] = set()
 
     def close(self) -> None:
@@ -32,30 +44,86 @@ class MemberChecker:
         self.close()
 
     def check(self, info: tarfile.TarInfo) -> None:
-        """Raise UNSAFE_ARCHIVE when `info` could not be extracted safely."""
+        """Raise UNSAFE_ARCHIVE (or INVALID_ARCHIVE) when `info` could not be extracted safely."""
+        self._check_name(info)
+        try:
+            tarfile.data_filter(info, self._destination.name)
+        except tarfile.FilterError as exc:
+            raise RepackError(ErrorCode.UNSAFE_ARCHIVE, self._explain(info, exc)) from None
+        if info.islnk():
+            self._check_hardlink(info)
+
+        name = normalize(info.name)
+        self._names.add(name)
+        if info.isdir():
+            self._folders.add(name)
+        self._add_to_skeleton(info, name)
+
+    def _check_name(self, info: tarfile.TarInfo) -> None:
+        member = self._member(info)
         if info.name.startswith("/"):
             # The data filter strips a leading '/' and extracts inside the destination,
             # but other extractors write to the absolute path itself.
             raise RepackError(ErrorCode.UNSAFE_ARCHIVE, self._explain(
                 info, tarfile.AbsolutePathError(info)))
-        try:
-            tarfile.data_filter(info, self._destination.name)
-        except tarfile.FilterError as exc:
-            raise RepackError(ErrorCode.UNSAFE_ARCHIVE, self._explain(info, exc)) from None
-        if info.islnk() and normalize(info.linkname) not in self._names:
+        if ".." in info.name.split("/"):
             raise RepackError(ErrorCode.UNSAFE_ARCHIVE,
-                              f"{self.archive_name}: member {printable(info.name)} is a hardlink "
-                              f"to {printable(info.linkname)}, which is not an earlier member; "
-                              "create the archive again with the link's target included")
-        self._names.add(normalize(info.name))
+                              f"{member} has a '..' component, which GNU tar refuses to "
+                              "extract; create the archive from inside the model folder")
+        name = normalize(info.name)
+        if not name and not info.isdir():
+            raise RepackError(ErrorCode.UNSAFE_ARCHIVE,
+                              f"{member} is a file with an empty name (or '.'), which cannot "
+                              "be extracted; create the archive again")
+        if name == self.replaced and info.isdir():
+            raise RepackError(ErrorCode.INVALID_ARCHIVE,
+                              f"{member} is a folder named like the {self.replaced} file this "
+                              "job adds at the root; rename or remove that folder")
+
+    def _check_hardlink(self, info: tarfile.TarInfo) -> None:
+        target = normalize(info.linkname)
+        problem = None
+        if target == self.replaced:
+            problem = (f"the {self.replaced} that this job replaces; make it a copy or a "
+                       "symlink instead")
+        elif target in self._folders:
+            problem = "a folder, which cannot be hardlinked; make it a symlink instead"
+        elif target not in self._names:
+            problem = ("not an earlier member; create the archive again with the link's "
+                       "target included")
+        if problem is not None:
+            code = ErrorCode.INVALID_ARCHIVE if target == self.replaced else \
+                ErrorCode.UNSAFE_ARCHIVE
+            raise RepackError(code, f"{self._member(info)} is a hardlink to "
+                                    f"{printable(info.linkname)}, {problem}")
+
+    def _add_to_skeleton(self, info: tarfile.TarInfo, name: str) -> None:
+        """Create the member's folder or symlink in the stand-in destination, as extraction would."""
+        path = os.path.join(self._destination.name, name)
+        try:
+            if info.isdir():
+                os.makedirs(path, exist_ok=True)
+                return
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if info.issym():
+                if os.path.lexists(path) and not os.path.isdir(path):
+                    os.unlink(path)
+                os.symlink(info.linkname, path)
+        except OSError:
+            # NOTE: a skeleton entry that cannot be made (a name clash, say) is skipped;
+            # the filter then judges later members as if that entry did not exist.
+            pass
+
+    def _member(self, info: tarfile.TarInfo) -> str:
+        return f"{self.archive_name}: member {printable(info.name)}"
 
     def _explain(self, info: tarfile.TarInfo, exc: tarfile.FilterError) -> str:
-        member = f"{self.archive_name}: member {printable(info.name)}"
+        member = self._member(info)
         if isinstance(exc, tarfile.AbsolutePathError):
             return f"{member} has an absolute path; create the archive with relative paths"
         if isinstance(exc, tarfile.OutsideDestinationError):
-            return (f"{member} would be extracted outside the model folder; create the "
-                    "archive from inside the model folder, with no '..' in member names")
+            return (f"{member} would be extracted outside the model folder, through a link; "
+                    "create the archive from inside the model folder with links dereferenced")
         if isinstance(exc, (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError)):
             return (f"{member} is a link to {printable(info.linkname)}, outside the archive; "
                     "create the archive with links dereferenced (`tar czhf`, or copy the files "
@@ -67,10 +135,9 @@ class MemberChecker:
 
 
 def normalize(name: str) -> str:
-    """Return a member name without leading './' or '/' and trailing '/', for comparison."""
-    while name.startswith("./"):
-        name = name[2:]
-    return name.strip("/")
+    """Return a member name as a plain relative path ('./a//b/' is 'a/b'), for comparison."""
+    path = posixpath.normpath(name.lstrip("/")) if name else "."
+    return "" if path == "." else path
 
 
 class LayoutReport:

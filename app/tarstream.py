@@ -123,6 +123,11 @@ class TarReader:
         self.end_of_archive: int | None = None
         self.marker_found = False
 
+    @property
+    def global_headers(self) -> dict[str, str]:
+        """The pax records of the global headers read so far; they apply to every later member."""
+        return self._fields.pax_headers
+
     def members(self) -> Iterator[Entry]:
         """Yield each member; after the last one, `end_of_archive` is the marker's offset."""
         while (entry := self._next()) is not None:
@@ -171,6 +176,7 @@ class TarReader:
                               f"{self.path} has an invalid tar header at offset {offset} "
                               f"({exc}); the archive is damaged, create it again") from None
         header = self.stream.stop_recording()
+        self._check_global_headers(offset)
 
         data_end = self._fields.offset
         consumed = self.stream.tell()
@@ -179,6 +185,16 @@ class TarReader:
                               f"{self.path} has an inconsistent tar header for "
                               f"{printable(info.name)} at offset {offset}")
         return Entry(info, offset, header, data_end - consumed)
+
+    def _check_global_headers(self, offset: int) -> None:
+        """Reject global pax records that would give every later member one name or size."""
+        keys = {key for key in self._fields.pax_headers
+                if key in ("path", "linkpath", "size") or key.startswith("GNU.sparse.")}
+        if keys:
+            raise RepackError(ErrorCode.INVALID_ARCHIVE,
+                              f"{self.path} has a global pax header before tar offset {offset} "
+                              f"that sets {', '.join(sorted(keys))} for every later member; "
+                              "create the archive again without it")
 
     def _end(self, offset: int, marker: bool = True) -> None:
         """Record where the archive ends; `marker` is True when a zero block ends it."""
@@ -201,6 +217,16 @@ def forward_data(stream: ByteStream, entry: Entry, path: Path, sink: Sink | None
                           f"{entry.data_size} bytes of data at tar offset "
                           f"{entry.offset + len(entry.header)}, but the stream ends "
                           f"{entry.data_size - done} bytes short; copy or create it again")
+
+
+def leading_global_headers(header: bytes) -> bytes:
+    """Return the global pax header blocks ('g') at the start of a member's raw header blocks."""
+    size = 0
+    while header[size + 156:size + 157] == tarfile.XGLTYPE:
+        info = tarfile.TarInfo.frombuf(header[size:size + BLOCK], tarfile.ENCODING,
+                                       "surrogateescape")
+        size += BLOCK + -(-info.size // BLOCK) * BLOCK
+    return header[:size]
 
 
 def printable(name: str) -> str:
