@@ -1,6 +1,7 @@
 """The command line: parse options, run the stages, turn any error into exit code 1."""
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -31,25 +32,27 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except RepackError as exc:
         return _fail(exc, _failure_message_path(sys.argv[1:] if argv is None else argv))
-    _install_signal_handlers()
-    try:
-        run(args)
-    except RepackError as exc:
-        return _fail(exc, args.failure_message)
-    except Interrupted as exc:
-        return _fail(RepackError(ErrorCode.INTERRUPTED,
-                                 f"stopped by {exc.signal_name}; no output was written"),
-                     args.failure_message)
-    except Exception as exc:  # a bug: keep the traceback
-        log.exception("INTERNAL_ERROR: unexpected %s", type(exc).__name__)
-        _write_failure_message(args.failure_message,
-                               f"INTERNAL_ERROR: unexpected {type(exc).__name__}; "
-                               "see the job's log for the traceback")
-        return 1
+
+    with StopSignals() as signals:
+        try:
+            signals.start()
+            run(args, signals)
+        except RepackError as exc:
+            return _fail(exc, args.failure_message)
+        except Interrupted as exc:
+            return _fail(RepackError(ErrorCode.INTERRUPTED,
+                                     f"stopped by {exc.signal_name}; no output was written"),
+                         args.failure_message)
+        except Exception as exc:  # a bug: keep the traceback
+            log.exception("INTERNAL_ERROR: unexpected %s", type(exc).__name__)
+            _write_failure_message(args.failure_message,
+                                   f"INTERNAL_ERROR: unexpected {type(exc).__name__}; "
+                                   "see the job's log for the traceback")
+            return 1
     return 0
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, signals: "StopSignals") -> None:
     """Find and check the inputs, repack, verify and publish."""
     started = time.monotonic()
     model = locate.find_model(args.model, args.code_dir, args.processing_dir)
@@ -60,12 +63,16 @@ def run(args: argparse.Namespace) -> None:
     options = Options(args.compression_level, args.threads, args.recompress)
     output_dir = args.output_dir or args.processing_dir / "output" / "model"
 
-    output = OutputFile(output_dir)
+    output = None
     try:
+        output = OutputFile(output_dir)
         result = repack(model, new_member, output, options)
-        path = output.publish()
+        with signals.deferred():
+            path = output.publish()
+            signals.published = True
     finally:
-        output.discard()
+        if output is not None:
+            output.discard()
 
     elapsed = time.monotonic() - started
     log.info("Wrote %d members, %s of tar data, %s compressed (ratio %.2f)", result.members,
@@ -74,6 +81,55 @@ def run(args: argparse.Namespace) -> None:
     log.info("Took %.1f s (%s/s of tar data); %s", elapsed,
              format_size(result.tar_size / max(elapsed, 1e-9)), result.path_taken)
     log.info("Wrote %s: %d members, sha256 %s", path, result.members, output.sha256())
+
+
+class StopSignals:
+    """Turns the first SIGTERM or SIGINT into `Interrupted`, until the output is published.
+
+    Later signals are ignored, so that cleanup finishes, and so are signals after
+    the output was renamed into place: the job has then succeeded. entrypoint.py
+    blocks both signals while Python imports the app; `start` unblocks them once
+    the handlers are in place.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.published = False
+        self._stopping = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        for number in self.SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def start(self) -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Hold the signals back while the body runs, so it is never cut in half."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+
+    def _handle(self, number: int, frame: object) -> None:
+        name = signal.Signals(number).name
+        if self.published:
+            log.warning("Ignoring %s: the output is already published", name)
+            return
+        if self._stopping:
+            log.warning("Ignoring %s: already stopping", name)
+            return
+        self._stopping = True
+        raise Interrupted(name)
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -173,14 +229,6 @@ def _configure_logging() -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
-
-
-def _install_signal_handlers() -> None:
-    def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)
 
 
 def _fail(error: RepackError, failure_message: Path) -> int:
