@@ -478,7 +478,10 @@ def _strict_members(tar: bytes, role: str) -> list[tuple[tarfile.TarInfo, bytes]
     if any(tar[end:]):
         raise PropertyViolation(f"the {role} has non-zero bytes after its last member, "
                                 f"at tar offset {end}")
-    return archives.raw_members(tar) if infos else []
+    # Each member runs to the next one's header; the last one to where tarfile
+    # stopped, which counts a GNU sparse member's stored data, not its logical size.
+    ends = [info.offset for info in infos[1:]] + [end]
+    return [(info, tar[info.offset:member_end]) for info, member_end in zip(infos, ends)]
 
 
 def _data_blocks(info: tarfile.TarInfo) -> int:
