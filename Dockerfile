@@ -30,6 +30,16 @@ COPY app/ /opt/ml/code/app/
 COPY entrypoint.py /opt/repack/entrypoint.py
 COPY app/ /opt/repack/app/
 
+# tini runs as PID 1 and passes SIGTERM and SIGINT on to the job. The kernel
+# drops signals that PID 1 has no handler for, so without it a stop that came
+# while Python was still starting would be lost. The local base includes tini;
+# on another base it is installed from Debian's packages.
+RUN if ! command -v tini >/dev/null; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends tini \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
 # The job runs as root on purpose: SageMaker mounts /opt/ml/processing/output
 # owned by root, and another user could not write the output there.
-ENTRYPOINT ["python3", "/opt/repack/entrypoint.py"]
+ENTRYPOINT ["tini", "--", "python3", "/opt/repack/entrypoint.py"]

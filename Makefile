@@ -12,7 +12,7 @@ IMAGE ?= sagemaker-model-repack:$(VERSION)
 # missing. Pass BASE_IMAGE=... to choose another one; docker build then pulls
 # it if needed.
 DEFAULT_BASE_IMAGE := $(shell sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
-LOCAL_BASE_IMAGE ?= repack-base:trixie
+LOCAL_BASE_IMAGE ?= repack-base:trixie-tini
 ifndef BASE_IMAGE
 BASE_IMAGE := $(shell docker image inspect $(DEFAULT_BASE_IMAGE) >/dev/null 2>&1 \
 	&& echo $(DEFAULT_BASE_IMAGE) || echo $(LOCAL_BASE_IMAGE))

@@ -2,7 +2,7 @@
 # Build a local Debian 13 (trixie) image with python3 and tag it, for
 # machines that cannot pull the Dockerfile's default base from a registry.
 #
-# Usage: .ci/build-base-image.sh [TAG]        (default TAG: repack-base:trixie)
+# Usage: .ci/build-base-image.sh [TAG]        (default TAG: repack-base:trixie-tini)
 #
 # The root file system comes from mmdebstrap, fed with the Debian mirrors that
 # this machine's apt configuration already uses, so the script works wherever
@@ -10,7 +10,7 @@
 # default base. An existing image with TAG is reused as it is.
 set -euo pipefail
 
-tag="${1:-repack-base:trixie}"
+tag="${1:-repack-base:trixie-tini}"
 suite=trixie
 
 if docker image inspect "$tag" >/dev/null 2>&1; then
@@ -83,12 +83,12 @@ echo "Building $tag from Debian $suite (mirrors taken from this machine's apt co
 start=$(date +%s)
 
 # The essential variant has no apt and no init system, because the image only
-# needs to run python3. Documentation, manual pages and translations are left out to
-# keep the image small.
+# needs to run python3, and tini as PID 1 (see the Dockerfile). Documentation,
+# manual pages and translations are left out to keep the image small.
 mmdebstrap \
     --quiet \
     --variant=essential \
-    --include=python3 \
+    --include=python3,tini \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \

@@ -143,10 +143,12 @@ class ParallelDeflate:
 
     def _close(self):
         self._closed = True
-        if self._pool is not None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
             # Waits for the chunks that workers already started, at most one each.
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            # The pool is forgotten first, so a shutdown cut short by a signal is
+            # not retried: a second join of the same threads can wait forever.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _check_open(self):
         if self._closed:

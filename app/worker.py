@@ -13,41 +13,43 @@ class OrderedWorker:
 
     An exception in the thread is kept and raised by the next `submit` or by
     `drain`; items submitted after it are dropped, since the run has failed.
+
+    `drain` waits on the queue, never on the thread itself: a `Thread.join` cut
+    short by a signal can leave the thread's state lock taken, and the next join
+    then waits forever (seen on CPython 3.11). The thread is a daemon and ends
+    with the process.
     """
 
     def __init__(self, function: Callable[[object], None], name: str) -> None:
         self._function = function
         self._name = name
         self._queue: queue.Queue | None = None
-        self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def submit(self, item: object) -> None:
-        if self._thread is None:
+        if self._queue is None:
             self._queue = queue.Queue(QUEUE_SIZE)
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
+            threading.Thread(target=self._run, args=(self._queue,), name=self._name,
+                             daemon=True).start()
         if self._error is not None:
             self.drain()
         self._queue.put(item)
 
     def drain(self) -> None:
         """Wait until every submitted item is done; raise the thread's error if it had one."""
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join()
-            self._thread = None
+        if self._queue is not None:
+            self._queue.join()
         if self._error is not None:
             error, self._error = self._error, None
             raise error
 
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not _STOP:
-            if self._error is None:
-                try:
+    def _run(self, items: queue.Queue) -> None:
+        while True:
+            item = items.get()
+            try:
+                if self._error is None:
                     self._function(item)
-                except BaseException as exc:
-                    self._error = exc
-
-
-_STOP = object()
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                items.task_done()

@@ -20,7 +20,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-LOCAL_BASE_IMAGE = "repack-base:trixie"
+LOCAL_BASE_IMAGE = "repack-base:trixie-tini"
 DEFAULT_TAG = "sagemaker-model-repack:test"
 
 

@@ -29,7 +29,7 @@ def test_image_config_for_sagemaker(built_image: BuiltImage, docker_client: dock
     config = attrs["Config"]
 
     assert attrs["Architecture"] == "amd64"
-    assert config["Entrypoint"][0] == "python3"
+    assert config["Entrypoint"] == ["tini", "--", "python3", "/opt/repack/entrypoint.py"]
     assert config["User"] in ("", "root", "0")
     assert "PYTHONUNBUFFERED=1" in config["Env"]
     assert "PYTHONDONTWRITEBYTECODE=1" in config["Env"]

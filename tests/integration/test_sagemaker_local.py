@@ -117,7 +117,8 @@ def _processing_request(job_name: str, image: str, folder: Path, arguments: list
         # for ContainerArguments without a ContainerEntrypoint, which SageMaker
         # itself accepts, so the request repeats the image's entry point.
         "AppSpecification": {"ImageUri": image,
-                             "ContainerEntrypoint": ["python3", "/opt/repack/entrypoint.py"],
+                             "ContainerEntrypoint": ["tini", "--", "python3",
+                                                                     "/opt/repack/entrypoint.py"],
                              "ContainerArguments": arguments},
         "ProcessingInputs": [file_input("model"), file_input("config")],
         "ProcessingOutputConfig": {"Outputs": [{"OutputName": "model", "S3Output": {
