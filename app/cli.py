@@ -212,15 +212,27 @@ def _positive(text: str) -> int:
     return value
 
 
+# The ustar header's mtime field holds 11 octal digits: 0 to 8**11 - 1 (the year 2242).
+MAX_USTAR_MTIME = 8**11 - 1
+
+
 def _member_mtime(path: Path) -> int:
     """Return the new member's mtime: SOURCE_DATE_EPOCH when set, else the file's own."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    mtime = None
     if epoch:
         try:
-            return int(epoch)
+            mtime = int(epoch)
         except ValueError:
             log.warning("Ignoring SOURCE_DATE_EPOCH=%r: not a whole number of seconds", epoch)
-    return int(path.stat().st_mtime)
+    if mtime is None:
+        mtime = int(path.stat().st_mtime)
+    if not 0 <= mtime <= MAX_USTAR_MTIME:
+        clamped = min(max(mtime, 0), MAX_USTAR_MTIME)
+        log.warning("The new member's mtime %d is outside what a tar header holds; using %d",
+                    mtime, clamped)
+        mtime = clamped
+    return mtime
 
 
 def _configure_logging() -> None:

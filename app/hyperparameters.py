@@ -69,6 +69,10 @@ def _parse(path: Path, text: str) -> object:
         raise _invalid(path, str(exc)) from None
     except RecursionError:
         raise _invalid(path, "nests arrays or objects too deeply to parse") from None
+    except ValueError as exc:
+        # Python refuses integers of more than 4300 digits (sys.int_info).
+        raise _invalid(path, f"has a value Python cannot read ({exc}); "
+                             "write very long numbers as strings") from None
 
 
 class _Rejected(ValueError):

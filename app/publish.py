@@ -144,6 +144,10 @@ def _output_failed(path: Path, exc: OSError) -> RepackError:
                                    "(about the size of the model archive)",
         "Read-only file system": "mount the output folder read-write",
         "Permission denied": "make the output folder writable for the job's user",
+        "File exists": "a file or a broken link is where the output folder should be; "
+                       "remove it or choose another --output-dir",
+        "Not a directory": "a file is where the output folder should be; "
+                           "remove it or choose another --output-dir",
     }
     hint = hints.get(reason, "check that the output folder is writable and has space")
     return RepackError(ErrorCode.OUTPUT_FAILED, f"cannot write {path}: {reason}; {hint}")

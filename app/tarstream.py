@@ -20,6 +20,9 @@ BLOCK = tarfile.BLOCKSIZE
 MAX_HEADER_DATA = 16 << 20
 
 Sink = Callable[[bytes | memoryview], object]
+# Longer member names are cut in log lines and messages (CloudWatch takes at most
+# 256 KiB per event, and the failure message at most 1 KiB).
+MAX_PRINTED_NAME = 300
 
 
 class ByteStream:
@@ -231,6 +234,9 @@ def leading_global_headers(header: bytes) -> bytes:
 
 def printable(name: str) -> str:
     """Return a member name fit for one log line: undecodable bytes and controls escaped."""
+    if len(name) > MAX_PRINTED_NAME:
+        hidden = len(name) - MAX_PRINTED_NAME
+        return f"{printable(name[:MAX_PRINTED_NAME])}... ({hidden} more characters)"
     if name.isprintable():
         return name
     # Bytes that were not UTF-8 come back from tarfile as surrogates: show them as \xNN.

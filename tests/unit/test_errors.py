@@ -170,3 +170,18 @@ def test_bad_command_line_is_invalid_argument(tmp_path, capsys, arguments, fragm
 def test_gzip_of_a_single_file_is_invalid_format(job, content, looks_like):
     outcome = job.run(archives.gzip_bytes(content))
     assert_failed(outcome, "INVALID_FORMAT", "decompresses to", looks_like, "not a tar archive")
+
+
+def test_hyperparameters_with_huge_integer_is_invalid(job):
+    outcome = job.run(archives.gzip_bytes(good_tar()), b'{"seed": ' + b"9" * 5000 + b"}")
+    assert_failed(outcome, "INVALID_HYPERPARAMETERS", "write very long numbers as strings")
+
+
+@pytest.mark.parametrize("epoch, expected", [("-1", 0), ("99999999999", 8**11 - 1)])
+def test_out_of_range_mtime_is_clamped(job, monkeypatch, epoch, expected):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+    outcome = job.run(archives.gzip_bytes(good_tar()))
+    assert outcome.exit_code == 0, outcome.log
+    assert "outside what a tar header holds" in outcome.log
+    with tarfile.open(outcome.output) as archive:
+        assert archive.getmember("hyperparameters.json").mtime == expected
