@@ -97,5 +97,5 @@ def _looks_like_text(head: bytes) -> bool:
 
 
 def _preview(head: bytes) -> str:
-    line = head.decode("utf-8", errors="ignore").strip().splitlines()[0] if head.strip() else ""
-    return repr(line[:40])
+    lines = head.decode("utf-8", errors="ignore").strip().splitlines()
+    return repr(lines[0][:40] if lines else "")

@@ -61,6 +61,10 @@ class MemberChecker:
 
     def _check_name(self, info: tarfile.TarInfo) -> None:
         member = self._member(info)
+        if "\x00" in info.name or "\x00" in info.linkname:
+            raise RepackError(ErrorCode.INVALID_ARCHIVE,
+                              f"{member} has a NUL byte in its name or link target, which no "
+                              "file system allows; the archive is damaged, create it again")
         if info.name.startswith("/"):
             # The data filter strips a leading '/' and extracts inside the destination,
             # but other extractors write to the absolute path itself.
@@ -109,7 +113,7 @@ class MemberChecker:
                 if os.path.lexists(path) and not os.path.isdir(path):
                     os.unlink(path)
                 os.symlink(info.linkname, path)
-        except OSError:
+        except (OSError, ValueError):
             # NOTE: a skeleton entry that cannot be made (a name clash, say) is skipped;
             # the filter then judges later members as if that entry did not exist.
             pass

@@ -178,6 +178,16 @@ class TarReader:
             raise RepackError(ErrorCode.INVALID_ARCHIVE,
                               f"{self.path} has an invalid tar header at offset {offset} "
                               f"({exc}); the archive is damaged, create it again") from None
+        except RepackError:
+            raise
+        except Exception as exc:
+            # tarfile's pax and sparse parsers raise ValueError, OverflowError and
+            # others on some malformed records, instead of a HeaderError.
+            self.stream.stop_recording()
+            raise RepackError(ErrorCode.INVALID_ARCHIVE,
+                              f"{self.path} has a malformed extended header at offset {offset} "
+                              f"({type(exc).__name__}: {exc}); the archive is damaged, "
+                              "create it again") from None
         header = self.stream.stop_recording()
         self._check_global_headers(offset)
 
