@@ -1,5 +1,7 @@
 """The search order for the inputs, and the errors when nothing is found."""
 
+import pytest
+
 from app import main
 from tests import archives
 
@@ -57,28 +59,21 @@ def test_search_prefers_hyperparams_folder_then_code_root_then_processing_config
             assert location.encode() in archive.extractfile("hyperparameters.json").read()
 
 
-def test_missing_model_lists_every_location(tmp_path, capsys):
-    write(tmp_path / "code/hyperparameters.json", b"{}")
+@pytest.mark.parametrize("present, code, searched", [
+    ("code/hyperparameters.json", "MODEL_NOT_FOUND",
+     ["code/models/model.tar.gz", "code/model.tar.gz", "processing/input/model/model.tar.gz"]),
+    ("code/model.tar.gz", "HYPERPARAMETERS_NOT_FOUND",
+     ["code/hyperparams/hyperparameters.json", "code/hyperparameters.json",
+      "processing/input/config/hyperparameters.json"]),
+])
+def test_missing_input_lists_every_location(tmp_path, capsys, present, code, searched):
+    write(tmp_path / present, model_with(b"m") if present.endswith(".tar.gz") else b"{}")
 
-    code, log = run_in(tmp_path, capsys)
+    exit_code, log = run_in(tmp_path, capsys)
 
     message = (tmp_path / "message").read_text()
-    assert code == 1
-    assert message.startswith("MODEL_NOT_FOUND: ")
-    for location in ["code/models/model.tar.gz", "code/model.tar.gz",
-                     "processing/input/model/model.tar.gz"]:
+    assert exit_code == 1
+    assert message.startswith(f"{code}: ")
+    for location in searched:
         assert str(tmp_path / location) in message
     assert not (tmp_path / "processing/output/model").exists()
-
-
-def test_missing_hyperparameters_lists_every_location(tmp_path, capsys):
-    write(tmp_path / "code/model.tar.gz", model_with(b"m"))
-
-    code, log = run_in(tmp_path, capsys)
-
-    message = (tmp_path / "message").read_text()
-    assert code == 1
-    assert message.startswith("HYPERPARAMETERS_NOT_FOUND: ")
-    for location in ["code/hyperparams/hyperparameters.json", "code/hyperparameters.json",
-                     "processing/input/config/hyperparameters.json"]:
-        assert str(tmp_path / location) in message
