@@ -26,14 +26,18 @@ FAILURE_MESSAGE_LIMIT = 1000
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the job; return the process exit code."""
+    """Run the job; return the process exit code.
+
+    Without `argv` the command line is sys.argv and main() acts as the process
+    entry point (see StopSignals for what that changes).
+    """
     _configure_logging()
     try:
         args = parse_args(argv)
     except RepackError as exc:
         return _fail(exc, _failure_message_path(sys.argv[1:] if argv is None else argv))
 
-    with StopSignals() as signals:
+    with StopSignals(restore=argv is not None) as signals:
         try:
             signals.start()
             run(args, signals)
@@ -90,13 +94,21 @@ class StopSignals:
     the output was renamed into place: the job has then succeeded. entrypoint.py
     blocks both signals while Python imports the app; `start` unblocks them once
     the handlers are in place.
+
+    On leaving, the previous handlers come back when `restore` is true (main()
+    called from Python code, tests for one). As the process entry point the
+    signals stay ignored instead, so a stop that comes while the interpreter
+    shuts down cannot turn the job's exit code into 143.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(self, restore: bool) -> None:
         self.published = False
+        self._restore = restore
         self._stopping = False
+        self._deferring = False
+        self._pending: str | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopSignals":
@@ -106,19 +118,26 @@ class StopSignals:
 
     def __exit__(self, *exc_info: object) -> None:
         for number, handler in self._previous.items():
-            signal.signal(number, handler)
+            signal.signal(number, handler if self._restore else signal.SIG_IGN)
 
     def start(self) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
 
     @contextlib.contextmanager
     def deferred(self):
-        """Hold the signals back while the body runs, so it is never cut in half."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        """Hold a signal back while the body runs, and act on it afterwards.
+
+        A flag, not the signal mask, does this: the kernel may hand a signal to
+        any thread, and Python then runs the handler in the main thread anyway.
+        """
+        self._deferring = True
         try:
             yield
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+            self._deferring = False
+        if self._pending is not None and not self.published:
+            self._stopping = True
+            raise Interrupted(self._pending)
 
     def _handle(self, number: int, frame: object) -> None:
         name = signal.Signals(number).name
@@ -127,6 +146,9 @@ class StopSignals:
             return
         if self._stopping:
             log.warning("Ignoring %s: already stopping", name)
+            return
+        if self._deferring:
+            self._pending = name
             return
         self._stopping = True
         raise Interrupted(name)
