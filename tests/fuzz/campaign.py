@@ -170,7 +170,10 @@ class Campaign:
         self.record_leaked_threads()
 
     def record_leaked_threads(self) -> None:
+        # A thread may still be ending when its run was the last of the chunk.
+        deadline = time.monotonic() + 1.0
         for number, thread, model, hyperparameters, recompress, run in self.suspects:
+            thread.join(max(deadline - time.monotonic(), 0))
             if thread.is_alive():
                 self.record(number, model, hyperparameters, recompress, run,
                             f"daemon thread {thread.name!r} still running at the end of "
