@@ -181,7 +181,8 @@ def pax_global_path() -> bytes:
 
 # Inputs the campaign or Hypothesis found to break the property, minimised.
 KNOWN_FINDINGS = {
-    # Exit 0, but tarfile and GNU tar 1.34 name the added member config.json.
+    # Once ended in exit 0 with an output where tarfile and GNU tar 1.34 named
+    # the added member config.json.
     "pax-global-path": pax_global_path(),
     "nul-in-pax-path": nul_in_pax_path(),
     "nul-in-pax-linkpath": nul_in_pax_linkpath(),
