@@ -76,8 +76,8 @@ def parse_args() -> argparse.Namespace:
                         help="folder for progress.log, summary.json and findings/")
     parser.add_argument("--time-limit", type=float, default=5.0,
                         help="seconds a run may take before it counts as a finding")
-    parser.add_argument("--progress-every", type=int, default=10_000,
-                        help="inputs between progress lines")
+    parser.add_argument("--progress-every", type=int, default=1_000,
+                        help="inputs per forked worker and between progress lines")
     return parser.parse_args()
 
 
