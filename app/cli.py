@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, signals: "StopSignals") -> None:
 
     output = None
     try:
-        output = OutputFile(output_dir)
+        output = OutputFile(output_dir, write_behind=not options.single_threaded)
         result = repack(model, new_member, output, options)
         with signals.deferred():
             path = output.publish()
@@ -198,7 +198,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="gzip level for the data that is compressed again (default: 6)")
     parser.add_argument("--threads", type=_positive, default=None, metavar="N",
                         help="compression threads (default: the CPUs available, "
-                             f"{available_cpus()} here)")
+                             f"{available_cpus()} here); 1 also runs the output's writing "
+                             "and verification on the main thread, so the job uses one CPU")
     parser.add_argument("--recompress", action="store_true",
                         help="compress the whole archive again instead of keeping the input's "
                              "compressed bytes up to the first change")

@@ -26,7 +26,7 @@ class OutputFile:
     when the file is complete.
     """
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: Path, write_behind: bool = True) -> None:
         self.destination = output_dir / OUTPUT_NAME
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ class OutputFile:
         self._size = 0
         self._hash_snapshots: collections.deque = collections.deque([(0, self._sha256.copy())],
                                                                     maxlen=HASH_SNAPSHOTS_KEPT)
-        self._writer = OrderedWorker(self._write_now, "write-behind")
+        self._writer = OrderedWorker(self._write_now, "write-behind", inline=not write_behind)
 
     @property
     def size(self) -> int:
@@ -119,6 +119,7 @@ class OutputFile:
             self._drain()
         except (OSError, RepackError):
             pass
+        self._writer.close()
         try:
             self._file.close()
         except OSError:

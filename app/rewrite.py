@@ -22,7 +22,7 @@ from pathlib import Path
 
 from app import splice
 from app.decompress import WINDOW_SIZE, GzipDecoder, Snapshot, decoder_for
-from app.deflate import ParallelDeflate, gzip_header, gzip_trailer
+from app.deflate import ParallelDeflate, available_cpus, gzip_header, gzip_trailer
 from app.formats import SNIFF_SIZE, Compression, detect
 from app.progress import Progress, format_size
 from app.publish import OutputFile
@@ -44,6 +44,11 @@ class Options:
     level: int = 6
     threads: int | None = None
     recompress: bool = False
+
+    @property
+    def single_threaded(self) -> bool:
+        """True when the job may use one thread only: then it starts no helper threads."""
+        return (self.threads or available_cpus()) == 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +147,8 @@ class _Rewriter:
             finally:
                 if self.deflate is not None:
                     self.deflate.abort()
+                if self.verifier is not None:
+                    self.verifier.close()
             progress.done()
         return Result(members + 1, self.tar_size, self.path_taken)
 
@@ -202,7 +209,8 @@ class _Rewriter:
         self.path_taken = f"recompressed the whole archive ({reason})"
         log.info("Recompressing the whole archive because %s", reason)
         self.output.write(gzip_header(self.options.level))
-        self.verifier = Verifier(zlib.decompressobj(-zlib.MAX_WBITS), 0, 0)
+        self.verifier = Verifier(zlib.decompressobj(-zlib.MAX_WBITS), 0, 0,
+                                 inline=self.options.single_threaded)
         self.deflate = ParallelDeflate(self._write_deflated, level=self.options.level,
                                        threads=self.options.threads)
 
@@ -219,7 +227,8 @@ class _Rewriter:
         start = point.start
         self.output.truncate(point.bit // 8)
         self.verifier = Verifier(start.decompressor.copy(), start.crc,
-                                 start.plain - member.plain_offset)
+                                 start.plain - member.plain_offset,
+                                 inline=self.options.single_threaded)
         self.verifier.feed(self.output.read_back(start.offset, point.bit // 8 - start.offset))
         self._write_deflated(point.closing)
 

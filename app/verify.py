@@ -17,20 +17,26 @@ class Verifier:
     reading, so together this proves the whole gzip member.
     """
 
-    def __init__(self, decompressor: "zlib._Decompress", crc: int, length: int) -> None:
+    def __init__(self, decompressor: "zlib._Decompress", crc: int, length: int,
+                 inline: bool = False) -> None:
         self._decompressor = decompressor
         self._crc = crc
         self._length = length
         self._trailing = 0
         self._invalid: str | None = None
-        self._worker = OrderedWorker(self._inflate, "verify")
+        self._worker = OrderedWorker(self._inflate, "verify", inline)
 
     def feed(self, data: bytes | memoryview) -> None:
         self._worker.submit(bytes(data))
 
+    def close(self) -> None:
+        """Stop the background thread without checking (the run failed)."""
+        self._worker.close()
+
     def check(self, crc: int, length: int, output_name: str) -> None:
         """Raise INTERNAL_ERROR unless the stream ended cleanly with this CRC-32 and length."""
         self._worker.drain()
+        self._worker.close()
         if self._invalid is not None:
             problem = f"its deflate data is invalid: {self._invalid}"
         elif not self._decompressor.eof:

@@ -13,6 +13,8 @@ class OrderedWorker:
 
     An exception in the thread is kept and raised by the next `submit` or by
     `drain`; items submitted after it are dropped, since the run has failed.
+    With `inline`, the calls run at once in the caller's thread instead (for
+    `--threads 1`, where the job uses no helper threads at all).
 
     `drain` waits on the queue, never on the thread itself: a `Thread.join` cut
     short by a signal can leave the thread's state lock taken, and the next join
@@ -20,13 +22,18 @@ class OrderedWorker:
     with the process.
     """
 
-    def __init__(self, function: Callable[[object], None], name: str) -> None:
+    def __init__(self, function: Callable[[object], None], name: str,
+                 inline: bool = False) -> None:
         self._function = function
         self._name = name
+        self._inline = inline
         self._queue: queue.Queue | None = None
         self._error: BaseException | None = None
 
     def submit(self, item: object) -> None:
+        if self._inline:
+            self._function(item)
+            return
         if self._queue is None:
             self._queue = queue.Queue(QUEUE_SIZE)
             threading.Thread(target=self._run, args=(self._queue,), name=self._name,
@@ -43,9 +50,14 @@ class OrderedWorker:
             error, self._error = self._error, None
             raise error
 
+    def close(self) -> None:
+        """Let the thread end once it has done the submitted items; do not wait for it."""
+        if self._queue is not None:
+            self._queue.put(_STOP)
+            self._queue = None
+
     def _run(self, items: queue.Queue) -> None:
-        while True:
-            item = items.get()
+        while (item := items.get()) is not _STOP:
             try:
                 if self._error is None:
                     self._function(item)
@@ -53,3 +65,7 @@ class OrderedWorker:
                 self._error = exc
             finally:
                 items.task_done()
+        items.task_done()
+
+
+_STOP = object()

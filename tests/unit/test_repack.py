@@ -146,3 +146,18 @@ def test_repack_replaces_older_output(job):
     assert outcome.exit_code == 0, outcome.log
     assert_repacked(tar, outcome.output, HYPERPARAMETERS)
     assert outcome.leftovers() == []
+
+
+@pytest.mark.parametrize("extra", [[], ["--recompress"], ["--threads", "1"]])
+def test_repack_leaves_no_threads_running(job, extra):
+    import threading
+
+    before = set(threading.enumerate())
+    tar = archives.tar_bytes(archives.model_members())
+
+    outcome = job.run(archives.gzip_bytes(tar), HYPERPARAMETERS, *extra)
+
+    assert outcome.exit_code == 0, outcome.log
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=5)
+        assert not thread.is_alive(), f"thread {thread.name} still runs after the job"
