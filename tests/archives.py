@@ -112,15 +112,11 @@ def raw_members(tar: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
     """Return each member with its raw bytes: header blocks plus data blocks, as stored."""
     with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as archive:
         infos = archive.getmembers()
-    result = []
-    for index, info in enumerate(infos):
-        if index + 1 < len(infos):
-            end = infos[index + 1].offset
-        else:
-            blocks = -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE if info.isreg() else 0
-            end = info.offset_data + blocks
-        result.append((info, tar[info.offset:end]))
-    return result
+        # After the last member, tarfile's offset is where the next header would be:
+        # the end of that member's stored data, which for a sparse file is not its size.
+        end_of_members = archive.offset
+    ends = [info.offset for info in infos[1:]] + [end_of_members]
+    return [(info, tar[info.offset:end]) for info, end in zip(infos, ends)]
 
 
 def is_root_hyperparameters(info: tarfile.TarInfo) -> bool:
