@@ -4,7 +4,7 @@ import enum
 
 
 class ErrorCode(enum.Enum):
-    """Why the job failed; the name starts the ERROR line and the failure message."""
+    """The reason a run failed; its name starts the ERROR line and the failure message."""
 
     INVALID_ARGUMENT = enum.auto()
     MODEL_NOT_FOUND = enum.auto()

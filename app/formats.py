@@ -10,7 +10,7 @@ SNIFF_SIZE = tarfile.BLOCKSIZE
 
 
 class Compression(enum.Enum):
-    """How the tar stream inside the model file is compressed."""
+    """The compression of the tar stream inside the model file."""
 
     GZIP = "gzip"
     BZIP2 = "bzip2"

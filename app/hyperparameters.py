@@ -34,7 +34,7 @@ def load(path: Path) -> bytes:
     text = _decode(path, data)
     value = _parse(path, text)
     if not isinstance(value, dict):
-        raise _invalid(path, f"holds a JSON {_json_type(value)} at the top level; "
+        raise _invalid(path, f"contains a JSON {_json_type(value)} at the top level; "
                              'it must be a JSON object such as {"epochs": "10"}')
     log.info("Hyperparameters: %d keys, %d bytes", len(value), len(data))
     return data

@@ -16,10 +16,10 @@ class MemberChecker:
     """Rejects members that extraction with `tarfile.data_filter` would reject, and more.
 
     The filter resolves each path against a destination folder, following the
-    links already extracted there. A private temporary folder stands in for it,
-    holding only the folders and symlinks of the members checked so far (no file
-    data), so chains of links that escape only together are caught as they would
-    be on extraction, and nothing on this machine can affect the verdict.
+    links already extracted there. Here the destination is a private temporary
+    folder that contains only the folders and symlinks of the members checked so
+    far (no file data). So chains of links that escape only together are caught
+    as on extraction, and nothing else on this machine affects the verdict.
 
     Beyond the filter, it rejects what GNU tar or SageMaker would fail to
     extract: '..' components, empty names, hardlinks to missing members, to
@@ -114,8 +114,8 @@ class MemberChecker:
                     os.unlink(path)
                 os.symlink(info.linkname, path)
         except (OSError, ValueError):
-            # NOTE: a skeleton entry that cannot be made (a name clash, say) is skipped;
-            # the filter then judges later members as if that entry did not exist.
+            # NOTE: a skeleton entry that cannot be made (a name clash, say) is skipped.
+            # The filter then judges later members as if that entry did not exist.
             pass
 
     def _member(self, info: tarfile.TarInfo) -> str:
@@ -184,7 +184,7 @@ class LayoutReport:
                         printable(folder))
         files = [name for name in self._files if name != "hyperparameters.json"]
         if len(files) == 1 and files[0].lower().endswith(self.NESTED_ARCHIVE_SUFFIXES):
-            log.warning("%s holds a single file, %s, which is itself an archive; SageMaker "
+            log.warning("%s contains a single file, %s, which is itself an archive; SageMaker "
                         "extracts only the outer one, so archive the model's files directly",
                         self.archive_name, printable(files[0]))
         self._warn_names(self._macos, "macOS metadata (._* files or __MACOSX/)",

@@ -12,7 +12,7 @@ class OrderedWorker:
     """Runs `function(item)` for each submitted item, in order, on one daemon thread.
 
     An exception in the thread is kept and raised by the next `submit` or by
-    `drain`; items submitted after it are dropped, since the run has failed.
+    `drain`. Items submitted after it are dropped, because the run has failed.
     With `inline`, the calls run at once in the caller's thread instead (for
     `--threads 1`, where the job uses no helper threads at all).
 
