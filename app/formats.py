@@ -47,7 +47,7 @@ def detect(path: Path, head: bytes) -> Compression:
     for magic, compression in _COMPRESSED:
         if head.startswith(magic):
             return compression
-    if _is_tar_header(head) or _is_zero_block(head):
+    if is_tar_header(head) or _is_zero_block(head):
         # An all-zero first block is an archive with no members: rejected later,
         # by the tar reader, with INVALID_ARCHIVE.
         return Compression.NONE
@@ -74,7 +74,8 @@ def describe(head: bytes) -> str:
     return f"binary data starting with {head[:8].hex(' ')}"
 
 
-def _is_tar_header(head: bytes) -> bool:
+def is_tar_header(head: bytes) -> bool:
+    """Tell whether `head` starts with a tar header block that tarfile accepts."""
     if len(head) < tarfile.BLOCKSIZE:
         return False
     try:

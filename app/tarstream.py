@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from app.errors import ErrorCode, RepackError
-from app.formats import describe
+from app.formats import describe, is_tar_header
 
 BLOCK = tarfile.BLOCKSIZE
 # Extended headers (pax records, GNU long names) are read into memory. Real ones
@@ -170,7 +170,7 @@ class TarReader:
             return self._end(offset, marker=False)
         except tarfile.HeaderError as exc:
             header = self.stream.stop_recording()
-            if offset == 0:
+            if offset == 0 and not is_tar_header(header[:BLOCK]):
                 raise RepackError(ErrorCode.INVALID_FORMAT,
                                   f"{self.path} decompresses to {describe(header)}, not a tar "
                                   "archive; create it with `tar czf model.tar.gz -C <model "

@@ -185,3 +185,8 @@ def test_out_of_range_mtime_is_clamped(job, monkeypatch, epoch, expected):
     assert "outside what a tar header holds" in outcome.log
     with tarfile.open(outcome.output) as archive:
         assert archive.getmember("hyperparameters.json").mtime == expected
+
+
+def test_archive_cut_after_long_name_header_is_invalid_archive(job):
+    tar = archives.tar_bytes([file("./" + "n" * 150, b"data")], tarfile.GNU_FORMAT)
+    assert_failed(job.run(archives.gzip_bytes(tar[:1024])), "INVALID_ARCHIVE", "offset 0")
