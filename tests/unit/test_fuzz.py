@@ -189,6 +189,18 @@ KNOWN_FINDINGS = {
     "huge-pax-record-length": huge_pax_record_length(),
     # A file of 1-3 bytes that are not valid UTF-8: the text preview in the
     # INVALID_FORMAT message finds no line in it.
+    # A garbage global pax header (type g, no records) in front of a dropped
+    # ./hyperparameters.json: the job keeps the header, after the member before it.
+    "global-header-before-dropped": bytes.fromhex(
+        "fd377a585a000004e6d6b446020021010c0000008f98419ce027ff00ce5d00170bc8a3db410f"
+        "259a84fabd3d1d920a65d0db0143c3687caeefae8ef4c6f022e2105dce526a01bedcc96dd0c4"
+        "ad603932892b422a636860cff8970f91c944fcb6452f2472994d3cd04b7817a174dea6cd0c6d"
+        "12565da8c4ef929686f09bd114ba5999061e99b6d5271a9e520d7bdce452b259649c23815101"
+        "ce3e5cd8de20189a1bff6aad19f620a2e09fde0adef099909f4e4e60099fbacf553a22bac68f"
+        "179c37875d776d99ec28e1c98f5b92142ac3a981b27522464e8acdae0d710b65190a9eac9de4"
+        "237d80619ae4a964000000001079d2270a7c94250001ea0180500000025d0fc8b1c467fb0200"
+        "00000004595a"
+    ),
     "one-invalid-utf8-byte": b"\xff",
     "space-and-invalid-utf8": b" \xff",
 }
