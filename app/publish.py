@@ -80,11 +80,14 @@ class OutputFile:
     def truncate(self, size: int) -> None:
         """Cut the output back to its first `size` bytes, keeping the hash consistent."""
         self._drain()
-        while self._hash_snapshots[-1][0] > size:
+        while self._hash_snapshots and self._hash_snapshots[-1][0] > size:
             self._hash_snapshots.pop()
-        start, snapshot = self._hash_snapshots[-1]
+        # Only the last few snapshots are kept, so a cut far back may pass them all.
+        start, snapshot = self._hash_snapshots[-1] if self._hash_snapshots else \
+            (0, hashlib.sha256())
         self._sha256 = snapshot.copy()
         self._sha256.update(self.read_back(start, size - start))
+        self._hash_snapshots.append((size, self._sha256.copy()))
         try:
             self._file.truncate(size)
             self._file.seek(size)
