@@ -130,7 +130,8 @@ class _Rewriter:
         self.path_taken = ""
 
     def run(self) -> Result:
-        with open(self.model, "rb") as file, MemberChecker(self.model.name, HYPERPARAMETERS_NAME) as checker:
+        with (open(self.model, "rb") as file,
+              MemberChecker(self.model.name, HYPERPARAMETERS_NAME) as checker):
             compression = detect(self.model, file.read(SNIFF_SIZE))
             file.seek(0)
             progress = Progress(self.model, os.fstat(file.fileno()).st_size)
@@ -143,7 +144,7 @@ class _Rewriter:
                                           f"the input is {compression.value}, not gzip")
             try:
                 members = self._copy_members(checker)
-                self._finish(members)
+                self._finish()
             finally:
                 if self.deflate is not None:
                     self.deflate.abort()
@@ -246,7 +247,7 @@ class _Rewriter:
         log.info("Fast path: keeping the input's first %s of compressed data and deflating "
                  "again from tar offset %d (first change at %d)", kept, point.plain, change)
 
-    def _finish(self, members: int) -> None:
+    def _finish(self) -> None:
         self._write_tar(self.new_member.blocks(self.global_headers))
         self._write_tar(_end_of_archive(self.tar_size))
         crc, length = self.deflate.finish()
@@ -289,7 +290,8 @@ def find_splice_point(decoder: GzipDecoder, change: int) -> SplicePoint:
         except LookupError:
             break
         history = history[:anchor.plain - history_start]
-        compressed = decoder_bytes(decoder.path, start.offset, anchor.offset - start.offset)
+        # The bytes come back from the page cache: they were read moments ago.
+        compressed = os.pread(decoder.file.fileno(), anchor.offset - start.offset, start.offset)
         boundary = splice.find_block_boundary(
             compressed, history, change - history_start,
             history_at_stream_start=history_start == member.plain_offset,
@@ -304,12 +306,6 @@ def find_splice_point(decoder: GzipDecoder, change: int) -> SplicePoint:
 
 def _window_before(start: Snapshot, member) -> int:
     return max(start.plain - WINDOW_SIZE, member.plain_offset)
-
-
-def decoder_bytes(path: Path, offset: int, size: int) -> bytes:
-    """Read `size` bytes of the model file from `offset` (served from the page cache)."""
-    with open(path, "rb") as file:
-        return os.pread(file.fileno(), size, offset)
 
 
 def _is_root_hyperparameters(entry: Entry) -> bool:
