@@ -3,7 +3,7 @@
 import signal
 import sys
 
-# Hold SIGTERM and SIGINT back while the app is imported; main() installs its
+# Hold SIGTERM and SIGINT back while the app is imported. main() installs its
 # handlers and then lets them through, so an early stop is still reported.
 signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
 

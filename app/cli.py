@@ -235,7 +235,7 @@ def _positive(text: str) -> int:
     return value
 
 
-# The ustar header's mtime field holds 11 octal digits: 0 to 8**11 - 1 (the year 2242).
+# The ustar header's mtime field has room for 11 octal digits: 0 to 8**11 - 1 (the year 2242).
 MAX_USTAR_MTIME = 8**11 - 1
 
 

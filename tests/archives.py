@@ -1,6 +1,6 @@
 """Build model archives for tests, and read them back member by member.
 
-Tests describe an archive as a list of members; these helpers turn it into the
+Tests describe an archive as a list of members. These helpers turn it into the
 bytes that `tar`, tarfile or pigz would write, so each test reads like a spec.
 """
 

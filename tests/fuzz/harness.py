@@ -415,8 +415,8 @@ def _check_output(workspace: Workspace, model: bytes, hyperparameters: bytes) ->
         raise PropertyViolation(f"the output keeps {len(others)} of the input's "
                                 f"{len(expected)} members")
     for (want, want_raw), (got, got_raw) in zip(expected, others):
-        # The job keeps the global pax headers that stood in front of a dropped
-        # member; in the output they follow, and so count with, the member before.
+        # The job keeps the global pax headers in front of a dropped member. In the
+        # output they follow the member before, so they count with that member.
         moved = got_raw[len(want_raw):]
         if not got_raw.startswith(want_raw) or not _only_global_headers(moved):
             raise PropertyViolation(f"member {want.name!r} changed: {got.name!r} in the output")
@@ -491,8 +491,8 @@ def _strict_members(tar: bytes, role: str) -> list[tuple[tarfile.TarInfo, bytes]
     if any(tar[end:]):
         raise PropertyViolation(f"the {role} has non-zero bytes after its last member, "
                                 f"at tar offset {end}")
-    # Each member runs to the next one's header; the last one to where tarfile
-    # stopped, which counts a GNU sparse member's stored data, not its logical size.
+    # Each member runs to the next one's header, and the last one to where tarfile
+    # stopped. That end counts a GNU sparse member's stored data, not its logical size.
     ends = [info.offset for info in infos[1:]] + [end]
     return [(info, tar[info.offset:member_end]) for info, member_end in zip(infos, ends)]
 

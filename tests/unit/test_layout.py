@@ -43,7 +43,7 @@ def test_layout_warns_and_keeps_member(job, members, fragment):
     assert any(fragment in warning for warning in warnings), warnings
 
 
-def test_non_utf8_name_is_kept_and_escaped_in_log(job):
+def test_non_utf8_name_kept_and_escaped(job):
     name = b"caf\xe9.bin".decode("utf-8", "surrogateescape")
     members = [file(name, b"latin-1 name"), file("ok.bin", b"w")]
     buffer = __import__("io").BytesIO()

@@ -29,7 +29,7 @@ def output_tag(tmp_path) -> bytes:
         return archive.extractfile("tag.txt").read()
 
 
-def test_search_prefers_models_folder_then_code_root_then_processing_input(tmp_path, capsys):
+def test_model_search_order(tmp_path, capsys):
     locations = ["code/models/model.tar.gz", "code/model.tar.gz",
                  "processing/input/model/model.tar.gz"]
     write(tmp_path / "code/hyperparameters.json", b"{}")
@@ -43,8 +43,7 @@ def test_search_prefers_models_folder_then_code_root_then_processing_input(tmp_p
         assert f"Found model: {tmp_path / location}" in log
 
 
-def test_search_prefers_hyperparams_folder_then_code_root_then_processing_config(tmp_path,
-                                                                                  capsys):
+def test_hyperparameters_search_order(tmp_path, capsys):
     import tarfile
     locations = ["code/hyperparams/hyperparameters.json", "code/hyperparameters.json",
                  "processing/input/config/hyperparameters.json"]
